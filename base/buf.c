@@ -44,8 +44,17 @@ int kv_buf_append(kv_buf *b, const void *p, size_t n) {
 }
 
 int kv_buf_set(kv_buf *b, const void *p, size_t n) {
-    b->len = 0;
-    return kv_buf_append(b, p, n);
+    /* Grow first so a failure leaves the old contents in place. */
+    if (n > b->cap) {
+        size_t len = b->len;
+        b->len = 0;
+        int rc = kv_buf_reserve(b, n);
+        b->len = len;
+        if (rc) return rc;
+    }
+    if (n) memmove(b->ptr, p, n);
+    b->len = n;
+    return 0;
 }
 
 uint8_t *kv_buf_detach(kv_buf *b, size_t *len) {
@@ -92,7 +101,9 @@ int kv_buf_put_varint(kv_buf *b, uint64_t v) {
 }
 
 int kv_buf_put_lenslice(kv_buf *b, kv_slice s) {
-    int rc = kv_buf_put_varint(b, s.len);
+    int rc = kv_buf_reserve(b, kv_varint_len(s.len) + s.len);
+    if (rc) return rc;
+    rc = kv_buf_put_varint(b, s.len);
     if (rc) return rc;
     return kv_buf_append(b, s.ptr, s.len);
 }

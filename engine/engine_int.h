@@ -292,10 +292,12 @@ int eng__table_open(eng_fault *f, const char *path, uint64_t file_number,
                     eng_cache *cache, eng_table **out);
 void eng__table_close(eng_table *t);
 /* Point lookup of the newest entry with user key ukey and seq <= snap_seq.
- * 0 with *type and val filled, KV_ENOTFOUND, or an error. *probed is set to
- * whether the filter let the lookup reach a data block. */
+ * 0 with *type, val and *found_seq (the entry's sequence; may be NULL)
+ * filled, KV_ENOTFOUND, or an error. *probed is set to whether the filter
+ * let the lookup reach a data block. (Lead's change: found_seq added so
+ * overlapping tables can be compared.) */
 int eng__table_get(eng_table *t, kv_slice ukey, uint64_t snap_seq, int *type,
-                   kv_buf *val, bool *probed);
+                   kv_buf *val, bool *probed, uint64_t *found_seq);
 /* Iterator over all entries; the table must outlive it. fill_cache false for
  * compaction reads (do not evict hot blocks). NULL on -ENOMEM. */
 eng_iiter *eng__table_iter(eng_table *t, bool fill_cache);
