@@ -475,15 +475,15 @@ static int run(eng_db *db, compaction *c) {
     }
 out:
     if (it) it->ops->free(it);
-    /* Outputs of a failed compaction are unlinked when released. */
-    for (int i = 0; rc && i < e.nadded; i++)
-        if (e.added[i].f->number >= o.number - (uint64_t)e.nadded + 1 || true) {
-            bool is_input = false;
-            for (int w = 0; w < 2 && !is_input; w++)
-                for (int j = 0; j < c->nin[w]; j++)
-                    is_input |= c->in[w][j] == e.added[i].f;
-            if (!is_input) atomic_store(&e.added[i].f->obsolete, true);
-        }
+    /* Outputs of a failed compaction are unlinked when released; a table
+     * the edit only moves (an input) is left alone. */
+    for (int i = 0; rc && !e.uncertain && i < e.nadded; i++) {
+        bool is_input = false;
+        for (int w = 0; w < 2 && !is_input; w++)
+            for (int j = 0; j < c->nin[w]; j++)
+                is_input |= c->in[w][j] == e.added[i].f;
+        if (!is_input) atomic_store(&e.added[i].f->obsolete, true);
+    }
     eng__vedit_release(&e);
     eng__version_unref(v);
     kv_buf_release(&cur);

@@ -27,7 +27,8 @@
 
 struct eng_writer {
     kv_slice rep;
-    int sync; /* ENG_SYNC_* */
+    int sync;     /* ENG_SYNC_* */
+    bool barrier; /* eng_db_flush waiting to lead alone; joins no group */
     bool done;
     int rc;
     pthread_cond_t cv;
@@ -299,7 +300,7 @@ static int recover(eng_db *db, bool exists) {
     if ((rc = eng__mem_new(&db->mem))) goto out;
     delete_obsolete(db, true);
 out:
-    for (int i = 0; rc && i < e.nadded; i++)
+    for (int i = 0; rc && !e.uncertain && i < e.nadded; i++)
         atomic_store(&e.added[i].f->obsolete, true);
     eng__vedit_release(&e);
     eng__mem_unref(mem);
@@ -501,7 +502,8 @@ static int make_room(eng_db *db) {
 }
 
 static bool can_join(const eng_writer *leader, const eng_writer *w) {
-    if (leader->sync == ENG_SYNC_ALWAYS || w->sync == ENG_SYNC_ALWAYS)
+    if (w->barrier || leader->sync == ENG_SYNC_ALWAYS ||
+        w->sync == ENG_SYNC_ALWAYS)
         return false;
     return w->sync <= leader->sync;
 }
@@ -809,7 +811,7 @@ static int flush_imm(eng_db *db) {
         e.log_number = keep_log;
         rc = eng__log_and_apply(db, &e);
     }
-    for (int i = 0; rc && i < e.nadded; i++)
+    for (int i = 0; rc && !e.uncertain && i < e.nadded; i++)
         atomic_store(&e.added[i].f->obsolete, true);
     eng__vedit_release(&e);
     eng__mem_unref(m);
@@ -860,7 +862,7 @@ int eng_db_flush(eng_db *db) {
     }
     if (eng__mem_count(db->mem) == 0) goto out;
     /* Become the leader of an empty group so no write races the switch. */
-    eng_writer w = {.sync = ENG_SYNC_NONE};
+    eng_writer w = {.sync = ENG_SYNC_NONE, .barrier = true};
     pthread_cond_init(&w.cv, NULL);
     if (db->wq_tail)
         db->wq_tail->next = &w;

@@ -73,6 +73,9 @@ typedef struct eng_vedit {
         eng_fmeta *f; /* reference held by the edit */
     } * added;
     int nadded, cap_added;
+    /* Set by eng__log_and_apply when it failed but the edit may still be in
+     * the MANIFEST: the tables it adds must then not be deleted. */
+    bool uncertain;
 } eng_vedit;
 
 void eng__vedit_init(eng_vedit *e);
@@ -127,6 +130,7 @@ struct eng_db {
     uint64_t last_seq;             /* [mu] newest visible sequence */
     uint64_t min_log;              /* [mu] logged: WALs below are obsolete */
     eng_logw *manifest;            /* [manifest_mu] */
+    int manifest_error;            /* [manifest_mu] sticky: edits are refused */
     uint64_t manifest_number;      /* [manifest_mu] */
     eng_writer *wq_head, *wq_tail; /* [mu] group-commit queue */
     eng_snapshot snaps;            /* [mu] sentinel of the snapshot list */

@@ -360,7 +360,10 @@ uint64_t eng__level_target(const eng_db *db, int level) {
 
 /* ---- MANIFEST ---- */
 
-static int write_current(eng_db *db, uint64_t manifest_number) {
+/* Point CURRENT at the manifest. *renamed tells whether the rename took
+ * place: after it, CURRENT may name the new manifest even if the directory
+ * sync then failed. */
+static int write_current(eng_db *db, uint64_t manifest_number, bool *renamed) {
     char name[64], *tmp = eng__path(db, manifest_number, "dbtmp");
     char *cur = kv_malloc(strlen(db->dir) + 16);
     eng_file *f = NULL;
@@ -375,6 +378,7 @@ static int write_current(eng_db *db, uint64_t manifest_number) {
     eng__file_close(f);
     f = NULL;
     if ((rc = eng__env_rename(db->fault, tmp, cur))) goto out;
+    *renamed = true;
     rc = eng__env_sync_dir(db->fault, db->dir);
 out:
     if (f) eng__file_close(f);
@@ -417,10 +421,26 @@ int eng__manifest_rewrite(eng_db *db) {
         rc = -ENOMEM;
         goto out;
     }
+    bool renamed = false;
     if ((rc = eng__logw_create(db->fault, path, number, &w)) ||
-        (rc = eng__logw_add(w, kv_buf_slice(&rec))) ||
-        (rc = eng__logw_sync(w)) || (rc = write_current(db, number)))
+        (rc = eng__logw_add(w, kv_buf_slice(&rec))) || (rc = eng__logw_sync(w)))
         goto out;
+    if ((rc = write_current(db, number, &renamed)) && renamed) {
+        /* CURRENT may name either manifest after a crash; both describe
+         * this state. Keep both files, write to the new one, and take no
+         * further edit until a reopen settles which one is live. */
+        kv_error(ENG_MOD,
+                 "cannot sync directory '%s' after switching "
+                 "CURRENT: %s",
+                 db->dir, kv_strerror(rc));
+        eng__logw_close(db->manifest);
+        db->manifest = w;
+        db->manifest_number = number;
+        db->manifest_error = rc;
+        w = NULL;
+        goto out;
+    }
+    if (rc) goto out;
     if (db->manifest) {
         char *old = eng__path(db, db->manifest_number, "MANIFEST");
         eng__logw_close(db->manifest);
@@ -444,10 +464,32 @@ out:
 /* A MANIFEST that grew past this is rewritten as one snapshot record. */
 #define MANIFEST_ROLL_BYTES (64u << 20)
 
+/* A MANIFEST append or sync failed: the edit may or may not be on disk.
+ * Start a fresh MANIFEST from the installed state, which settles it (the
+ * edit is then certainly not live). If even that fails, refuse every later
+ * edit until the store is reopened, and keep the edit's tables. */
+static int manifest_failed(eng_db *db, eng_vedit *e, int rc, bool appended) {
+    kv_error(ENG_MOD, "cannot log version edit to MANIFEST-%06llu: %s",
+             (unsigned long long)db->manifest_number, kv_strerror(rc));
+    int r2 = eng__manifest_rewrite(db);
+    if (r2 == 0) return rc;
+    e->uncertain = appended;
+    db->manifest_error = r2;
+    kv_error(ENG_MOD,
+             "cannot start a new MANIFEST in '%s': %s; flushes and "
+             "compactions stop until the store is reopened",
+             db->dir, kv_strerror(r2));
+    return rc;
+}
+
 int eng__log_and_apply(eng_db *db, eng_vedit *e) {
     kv_buf rec = KV_BUF_INIT;
     eng_version *v = NULL;
     pthread_mutex_lock(&db->manifest_mu);
+    if (db->manifest_error) {
+        pthread_mutex_unlock(&db->manifest_mu);
+        return db->manifest_error;
+    }
     pthread_mutex_lock(&db->mu);
     e->has_next_file = true;
     e->next_file = db->next_file;
@@ -460,10 +502,13 @@ int eng__log_and_apply(eng_db *db, eng_vedit *e) {
     int rc = eng__version_apply(db, db->current, e, &v);
     pthread_mutex_unlock(&db->mu);
     if (rc || (rc = eng__vedit_encode(e, &rec))) goto out;
-    if ((rc = eng__logw_add(db->manifest, kv_buf_slice(&rec))) ||
-        (rc = eng__logw_sync(db->manifest))) {
-        kv_error(ENG_MOD, "cannot log version edit to MANIFEST-%06llu: %s",
-                 (unsigned long long)db->manifest_number, kv_strerror(rc));
+    if ((rc = eng__logw_add(db->manifest, kv_buf_slice(&rec)))) {
+        /* The writer cut the file back: the edit is not there. */
+        rc = manifest_failed(db, e, rc, false);
+        goto out;
+    }
+    if ((rc = eng__logw_sync(db->manifest))) {
+        rc = manifest_failed(db, e, rc, true);
         goto out;
     }
     pthread_mutex_lock(&db->mu);

@@ -37,6 +37,7 @@ enum {
     THREADS = 4,
     KPT = 300,          /* keys per writer thread */
     HDR = 24,           /* value header bytes */
+    SPREAD = 1200,      /* values are HDR .. HDR+SPREAD-1 bytes */
     DEFAULT_CYCLES = 30 /* at least 30 kills per variant */
 };
 
@@ -104,8 +105,8 @@ static uint64_t mix64(uint64_t x) {
 static void small_opts(eng_options *o) {
     eng_options_init(o);
     o->sync = ENG_SYNC_GROUP;
-    o->memtable_bytes = 64 * 1024;
-    o->table_bytes = 64 * 1024;
+    o->memtable_bytes = 32 * 1024; /* a flush or two in most cycles */
+    o->table_bytes = 32 * 1024;
     o->block_bytes = 1024;
     o->level1_bytes = 256 * 1024;
     o->level_multiplier = 4;
@@ -129,7 +130,7 @@ static op op_of(uint64_t seed, const variant *v, uint32_t cycle, uint32_t t,
     o.h = h;
     o.key = (uint32_t)(h % KPT);
     o.del = v->deletes && ((h >> 20) & 3) == 0;
-    o.len = HDR + (uint32_t)((h >> 32) % 400);
+    o.len = HDR + (uint32_t)((h >> 32) % SPREAD);
     return o;
 }
 
@@ -173,7 +174,7 @@ static void send_ack(int fd, const ack *a) {
 
 static void *child_writer(void *p) {
     child_arg *a = p;
-    uint8_t val[HDR + 400];
+    uint8_t val[HDR + SPREAD];
     char k1[32], k2[32];
     eng_batch *b = NULL;
     if (a->v->batches && eng_batch_new(&b) != 0) _exit(5);
@@ -244,6 +245,8 @@ typedef struct crash_state {
     bool any_ack[THREADS];
     uint32_t max_ack[THREADS];
     long total_acks, kills_before_ack;
+    uint64_t cycle_start_ms, first_ack_ms_sum; /* how long the child's open took */
+    long first_acks;
     int child_err; /* first error reported by the child, 0 if none */
     uint32_t child_err_magic;
     uint8_t buf[16 * 256]; /* ack bytes read but not yet taken */
@@ -255,6 +258,8 @@ static uint64_t kill_delay_ms(crash_state *s) {
     s->rng = mix64(s->rng + UINT64_C(0x9e3779b97f4a7c15));
     return 20 + s->rng % 281;
 }
+
+static uint64_t now_ms(void) { return kv_now_ns() / 1000000u; }
 
 static void take_ack(crash_state *s, const ack *a) {
     if (a->magic == ACK_OPENERR || a->magic == ACK_OPERR) {
@@ -275,6 +280,12 @@ static void take_ack(crash_state *s, const ack *a) {
     s->has_ack[a->thread][o.key] = true;
     s->acked[a->thread][o.key] =
         (kstate){!o.del, a->cycle, a->counter};
+    bool first = true;
+    for (int t = 0; t < THREADS; t++) first &= !s->any_ack[t];
+    if (first) {
+        s->first_ack_ms_sum += now_ms() - s->cycle_start_ms;
+        s->first_acks++;
+    }
     s->any_ack[a->thread] = true;
     s->max_ack[a->thread] = a->counter;
     s->total_acks++;
@@ -305,8 +316,6 @@ static bool pump_acks(crash_state *s, int fd, int timeout_ms) {
     return true;
 }
 
-static uint64_t now_ms(void) { return kv_now_ns() / 1000000u; }
-
 /* Parse a value read back from the store: well formed and written for
  * (t, key) by some operation; returns its state. */
 static kstate parse_value(const crash_state *s, kv_slice v, uint32_t t,
@@ -325,7 +334,7 @@ static kstate parse_value(const crash_state *s, kv_slice v, uint32_t t,
               "seed=%" PRIu64 " cycle=%u: %s: value names op %u of cycle %u, "
               "which is not a put of this key",
               s->seed, s->cycle, what, n, cyc);
-    uint8_t want[HDR + 400];
+    uint8_t want[HDR + SPREAD];
     make_value(want, &o, t, cyc, n);
     cr_assert(memcmp(want, v.ptr, len) == 0,
               "seed=%" PRIu64 " cycle=%u: %s: value bytes damaged", s->seed,
@@ -457,6 +466,7 @@ static void run_cycle(crash_state *s) {
     int p[2];
     cr_assert_eq(pipe(p), 0);
     fflush(NULL);
+    s->cycle_start_ms = now_ms();
     pid_t pid = fork();
     cr_assert_geq(pid, 0, "fork failed");
     if (pid == 0) {
@@ -502,9 +512,12 @@ static long env_long(const char *name, long dflt) {
     return e && *e ? strtol(e, NULL, 0) : dflt;
 }
 
+/* Static so that a failed assertion leaks nothing. */
+static crash_state g_state;
+
 static void run_variant(const variant *v) {
-    crash_state *s = calloc(1, sizeof *s);
-    cr_assert_not_null(s);
+    crash_state *s = &g_state;
+    memset(s, 0, sizeof *s);
     s->v = v;
     const char *e = getenv("QFS_SEED");
     s->seed = e && *e ? strtoull(e, NULL, 0)
@@ -520,10 +533,11 @@ static void run_variant(const variant *v) {
     }
     fprintf(stderr,
             "crash/%s: %ld cycles, %ld acknowledged writes, %ld kills before "
-            "the first ack\n",
-            v->name, cycles, s->total_acks, s->kills_before_ack);
+            "the first ack, first ack after %.0f ms on average\n",
+            v->name, cycles, s->total_acks, s->kills_before_ack,
+            s->first_acks ? (double)s->first_ack_ms_sum / (double)s->first_acks
+                          : 0.0);
     cr_assert_gt(s->total_acks, 0, "no write was ever acknowledged");
-    free(s);
 }
 
 TestSuite(crash, .init = setup, .fini = teardown, .timeout = 600);

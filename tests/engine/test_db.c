@@ -520,6 +520,7 @@ Test(db, iterator_merges_memtable_and_tables) {
     eng_options o;
     eng_options_init(&o);
     o.block_bytes = 512;
+    o.sync = ENG_SYNC_NONE; /* durability is not the subject here */
     eng_db *db = open_db(&o);
     enum { N = 3000 };
     static int8_t ver[N]; /* -1 absent, else version of the value */
@@ -855,6 +856,7 @@ Test(db, stats_track_writes_flushes_and_bloom) {
 Test(db, flush_and_compact_range) {
     eng_options o;
     eng_options_init(&o);
+    o.sync = ENG_SYNC_NONE;
     eng_db *db = open_db(&o);
     char kb[32];
     uint8_t vb[1024];
@@ -967,6 +969,7 @@ Test(db, tiered_compaction_churn) { churn(ENG_COMPACT_TIERED); }
 Test(db, tombstones_survive_compaction_and_reopen) {
     eng_options o;
     eng_options_init(&o);
+    o.sync = ENG_SYNC_NONE;
     eng_db *db = open_db(&o);
     char kb[32];
     uint8_t vb[1024];

@@ -57,6 +57,8 @@ typedef struct ctx {
     kv_buf got;
     char kb[300], kb2[300];
     long reopens, flushes, compacts;
+    uint64_t eng_flushes, eng_compactions; /* engine stats, summed over opens */
+    eng_batch *batch;
 } ctx;
 
 static char g_dir[PATH_MAX];
@@ -75,7 +77,10 @@ static void setup(void) {
     cr_assert_not_null(mkdtemp(g_dir), "mkdtemp failed");
 }
 
+static void free_model(void);
+
 static void teardown(void) {
+    free_model();
     if (g_dir[0]) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     g_dir[0] = '\0';
 }
@@ -374,7 +379,15 @@ static void do_compact(ctx *c) {
     c->compacts++;
 }
 
+static void add_engine_counts(ctx *c) {
+    eng_stats st;
+    CHECK_RC(c, eng_db_stats(c->db, &st));
+    c->eng_flushes += st.flushes;
+    c->eng_compactions += st.compactions;
+}
+
 static void reopen(ctx *c) {
+    add_engine_counts(c);
     /* Snapshots must be released before close; check them one last time. */
     while (c->nsnaps > 0) {
         check_snapshot(c, &c->snaps[c->nsnaps - 1]);
@@ -402,12 +415,27 @@ static long pick_steps(long dflt) {
     return dflt;
 }
 
+/* Static, and freed by the fixture, so a failed run leaks nothing of ours
+ * (the engine's objects stay reachable through g_ctx.db). */
+static ctx g_ctx;
+static mval *g_scratch;
+
+static void free_model(void) {
+    for (int i = 0; i < g_ctx.nsnaps; i++) free(g_ctx.snaps[i].m);
+    free(g_ctx.m);
+    free(g_scratch);
+    kv_buf_release(&g_ctx.got);
+    if (g_ctx.batch) eng_batch_free(g_ctx.batch);
+    memset(&g_ctx, 0, sizeof g_ctx);
+    g_scratch = NULL;
+}
+
 static void run_model(const char *name, const eng_options *opt, long steps) {
-    ctx *c = calloc(1, sizeof *c);
-    mval *scratch = malloc(sizeof(mval) * NKEYS);
-    cr_assert(c && scratch);
+    ctx *c = &g_ctx;
+    memset(c, 0, sizeof *c);
+    mval *scratch = g_scratch = malloc(sizeof(mval) * NKEYS);
     c->m = calloc(NKEYS, sizeof(mval));
-    cr_assert_not_null(c->m);
+    cr_assert(c->m && scratch);
     c->seed = c->rng = pick_seed();
     c->opt = *opt;
     c->op = "open";
@@ -416,8 +444,7 @@ static void run_model(const char *name, const eng_options *opt, long steps) {
                     " replays)\n",
             name, c->seed, steps, c->seed);
     CHECK_RC(c, eng_db_open(g_dir, &c->opt, &c->db));
-    eng_batch *b = NULL;
-    CHECK_RC(c, eng_batch_new(&b));
+    CHECK_RC(c, eng_batch_new(&c->batch));
     kv_buf_init(&c->got);
 
     for (c->step = 0; c->step < steps; c->step++) {
@@ -430,7 +457,7 @@ static void run_model(const char *name, const eng_options *opt, long steps) {
             do_delete(c, c->m, rnd(c, NKEYS));
         } else if (r < 5500) {
             c->op = "batch";
-            do_batch(c, b);
+            do_batch(c, c->batch);
         } else if (r < 8300) {
             c->op = "get";
             check_get(c, NULL, c->m, rnd(c, NKEYS));
@@ -488,23 +515,18 @@ static void run_model(const char *name, const eng_options *opt, long steps) {
     check_full_scan(c, NULL, c->m);
     for (unsigned i = 0; i < NKEYS; i++) check_get(c, NULL, c->m, i);
     check_stats(c);
-    eng_stats st;
-    CHECK_RC(c, eng_db_stats(c->db, &st));
+    c->op = "final reopen";
+    reopen(c);
+    for (unsigned i = 0; i < NKEYS; i++) check_get(c, NULL, c->m, i);
+    add_engine_counts(c);
     fprintf(stderr,
             "model/%s: %ld reopens, %ld explicit flushes, %ld range "
             "compactions; engine ran %" PRIu64 " flushes, %" PRIu64
             " compactions\n",
-            name, c->reopens, c->flushes, c->compacts, st.flushes,
-            st.compactions);
-    c->op = "final reopen";
-    reopen(c);
-    for (unsigned i = 0; i < NKEYS; i++) check_get(c, NULL, c->m, i);
+            name, c->reopens, c->flushes, c->compacts, c->eng_flushes,
+            c->eng_compactions);
     CHECK_RC(c, eng_db_close(c->db));
-    eng_batch_free(b);
-    kv_buf_release(&c->got);
-    free(c->m);
-    free(scratch);
-    free(c);
+    free_model();
 }
 
 /* Small enough that the memtable flushes every ~100 writes and compactions
