@@ -409,9 +409,22 @@ static void q_stats(void *db, disk_stats *out) {
 }
 
 static const adapter quorumfs_adapter = {
-    "quorumfs", "tiered",    q_open,        q_close,      q_put,
-    q_get,      q_iter_new,  q_iter_seek,   q_iter_valid, q_iter_next,
-    q_iter_key, q_iter_vlen, q_iter_status, q_iter_free,  q_stats};
+    .name = "quorumfs",
+    .tiered_name = "tiered",
+    .open = q_open,
+    .close = q_close,
+    .put = q_put,
+    .get = q_get,
+    .iter_new = q_iter_new,
+    .iter_seek = q_iter_seek,
+    .iter_valid = q_iter_valid,
+    .iter_next = q_iter_next,
+    .iter_key = q_iter_key,
+    .iter_vlen = q_iter_vlen,
+    .iter_status = q_iter_status,
+    .iter_free = q_iter_free,
+    .stats = q_stats,
+};
 #endif
 
 /* ---- leveldb adapter ------------------------------------------------------
@@ -571,9 +584,22 @@ static void l_stats(void *p, disk_stats *out) {
 }
 
 static const adapter leveldb_adapter = {
-    "leveldb",  NULL,        l_open,        l_close,      l_put,
-    l_get,      l_iter_new,  l_iter_seek,   l_iter_valid, l_iter_next,
-    l_iter_key, l_iter_vlen, l_iter_status, l_iter_free,  l_stats};
+    .name = "leveldb",
+    .tiered_name = NULL,
+    .open = l_open,
+    .close = l_close,
+    .put = l_put,
+    .get = l_get,
+    .iter_new = l_iter_new,
+    .iter_seek = l_iter_seek,
+    .iter_valid = l_iter_valid,
+    .iter_next = l_iter_next,
+    .iter_key = l_iter_key,
+    .iter_vlen = l_iter_vlen,
+    .iter_status = l_iter_status,
+    .iter_free = l_iter_free,
+    .stats = l_stats,
+};
 #endif
 
 /* ---- rocksdb adapter ------------------------------------------------------
@@ -738,9 +764,22 @@ static void r_stats(void *p, disk_stats *out) {
 }
 
 static const adapter rocksdb_adapter = {
-    "rocksdb",  "universal", r_open,        r_close,      r_put,
-    r_get,      r_iter_new,  r_iter_seek,   r_iter_valid, r_iter_next,
-    r_iter_key, r_iter_vlen, r_iter_status, r_iter_free,  r_stats};
+    .name = "rocksdb",
+    .tiered_name = "universal",
+    .open = r_open,
+    .close = r_close,
+    .put = r_put,
+    .get = r_get,
+    .iter_new = r_iter_new,
+    .iter_seek = r_iter_seek,
+    .iter_valid = r_iter_valid,
+    .iter_next = r_iter_next,
+    .iter_key = r_iter_key,
+    .iter_vlen = r_iter_vlen,
+    .iter_status = r_iter_status,
+    .iter_free = r_iter_free,
+    .stats = r_stats,
+};
 #endif
 
 static const struct {
@@ -1105,7 +1144,7 @@ static int run_one(const out_ctx *oc, store *st, enum wl w, int nthreads,
     if (w == W_FILLRANDOM || w == W_DURABLE)
         perm_init(&st->fill.p, st->keyspace, c->seed + (uint64_t)st->vs);
     st->ad->stats(st->db, &before);
-    bool rss_window = reset_peak_rss();
+    reset_peak_rss(); /* where refused, the peak is since the fork */
     pthread_barrier_init(&r.bar, NULL, (unsigned)nthreads + 1);
     for (int t = 0; t < nthreads; t++) {
         worker *wk = &ws[t];
@@ -1191,7 +1230,6 @@ join:
     } else if (st->user_bytes && after.written_bytes) {
         res.write_amp = (double)after.written_bytes / (double)st->user_bytes;
     }
-    (void)rss_window;
 
     if (!quiet) {
         if (c->json) {

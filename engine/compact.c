@@ -18,7 +18,9 @@
  * never straddle two tables of a level. An entry shadowed by a newer one
  * that every snapshot sees is dropped; a tombstone is dropped only when no
  * table outside the merge can hold an older version of its key. One
- * compaction runs at a time (compact_mu), beside at most one flush.
+ * compaction runs at a time (compact_mu), beside at most one flush. The
+ * inputs' tables are pinned in the table cache while they are merged, and
+ * each output is opened once (verified) before an edit names it.
  */
 #include "engine/db_int.h"
 
@@ -363,6 +365,8 @@ static int run(eng_db *db, compaction *c) {
     output o = {.db = db, .edit = &e, .level = c->out_level};
     kv_buf cur = KV_BUF_INIT;
     eng_iiter *it = NULL;
+    eng_fmeta **pinned = NULL; /* inputs whose tables are pinned */
+    int npinned = 0;
     uint64_t in_bytes = 0;
     int rc = 0;
     pthread_mutex_lock(&db->mu);
@@ -389,14 +393,21 @@ static int run(eng_db *db, compaction *c) {
 
     int n = c->nin[0] + c->nin[1];
     eng_iiter **kids = kv_calloc((size_t)n, sizeof *kids);
-    if (!kids) {
+    pinned = kv_calloc((size_t)n, sizeof *pinned);
+    if (!kids || !pinned) {
+        kv_free(kids);
         rc = -ENOMEM;
         goto out;
     }
-    for (int w = 0, k = 0; w < 2; w++)
-        for (int i = 0; i < c->nin[w]; i++, k++) {
-            kids[k] = eng__table_iter(c->in[w][i]->table, false);
-            if (!kids[k]) rc = -ENOMEM;
+    /* Each input's table stays pinned in the table cache until the merge
+     * is freed: the table iterators read through it. */
+    for (int w = 0; w < 2 && rc == 0; w++)
+        for (int i = 0; i < c->nin[w] && rc == 0; i++) {
+            eng_table *t;
+            if ((rc = eng__table_acquire(db, c->in[w][i], &t))) break;
+            int k = npinned++;
+            pinned[k] = c->in[w][i];
+            if (!(kids[k] = eng__table_iter(t, false))) rc = -ENOMEM;
         }
     if (rc) {
         for (int k = 0; k < n; k++)
@@ -475,6 +486,8 @@ static int run(eng_db *db, compaction *c) {
     }
 out:
     if (it) it->ops->free(it);
+    for (int i = 0; i < npinned; i++) eng__table_release(db, pinned[i]);
+    kv_free(pinned);
     /* Outputs of a failed compaction are unlinked when released; a table
      * the edit only moves (an input) is left alone. */
     for (int i = 0; rc && !e.uncertain && i < e.nadded; i++) {

@@ -128,8 +128,25 @@ static int list_files(const char *dir, const char *suffix, uint64_t **out,
         *n = 0;
         return rc;
     }
-    qsort(*out, *n, sizeof **out, cmp_u64);
+    if (*n > 1) qsort(*out, *n, sizeof **out, cmp_u64);
     return 0;
+}
+
+/* The highest file number any file in dir carries (0 if none). */
+static uint64_t highest_number(const char *dir) {
+    uint64_t top = 0;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *p = de->d_name;
+        if (strncmp(p, "MANIFEST-", 9) == 0) p += 9;
+        uint64_t n = 0;
+        for (; *p >= '0' && *p <= '9'; p++) n = n * 10 + (uint64_t)(*p - '0');
+        if (p != de->d_name && n > top) top = n;
+    }
+    closedir(d);
+    return top;
 }
 
 static bool table_is_live(eng_version *v, uint64_t number) {
@@ -269,15 +286,39 @@ static int recover(eng_db *db, bool exists) {
     if (exists) {
         if ((rc = eng__manifest_recover(db))) goto out;
     } else {
+        /* A new store starts with its WAL, so that every manifest names an
+         * existing WAL as the oldest live one (the check below). */
         if (!(db->current = eng__version_new())) return -ENOMEM;
-        db->next_file = 1;
+        db->next_file = 2;
+        if ((rc = new_log(db, 1, &db->log))) goto out;
+        db->log_number = db->min_log = 1;
     }
     uint64_t old_manifest = exists ? db->manifest_number : 0;
+    /* Never hand out a number a file already has: a manifest that lost
+     * edits (or a crash before a new table's edit) leaves files numbered at
+     * or past its next_file, and creating one truncates it. */
+    uint64_t top = highest_number(db->dir);
+    if (top >= db->next_file) db->next_file = top + 1;
     if ((rc = eng__mem_new(&mem))) goto out;
     if ((rc = list_files(db->dir, "log", &logs, &nlogs))) goto out;
+    /* The WAL the manifest calls oldest live was created before that edit
+     * was logged and is removed only after a later edit: if it is gone, the
+     * manifest lost edits (cut short) or the WAL was deleted. */
+    if (exists && db->min_log > 0) {
+        bool found = false;
+        for (size_t i = 0; i < nlogs && !found; i++)
+            found = logs[i] == db->min_log;
+        if (!found) {
+            kv_error(ENG_MOD,
+                     "store '%s': wal %06llu.log, live per the manifest, is "
+                     "missing (manifest cut short or wal deleted)",
+                     db->dir, (unsigned long long)db->min_log);
+            rc = KV_ECORRUPT;
+            goto out;
+        }
+    }
     for (size_t i = 0; i < nlogs; i++) {
         if (logs[i] < db->min_log) continue;
-        if (logs[i] >= db->next_file) db->next_file = logs[i] + 1;
         if ((rc = replay_log(db, logs[i], mem))) goto out;
     }
     /* A fresh MANIFEST first, so the edit below has somewhere to go. */
@@ -289,9 +330,12 @@ static int recover(eng_db *db, bool exists) {
     }
     if (eng__mem_count(mem) > 0 && (rc = eng__write_level0(db, mem, &e)))
         goto out;
-    uint64_t lognum = db->next_file++;
-    if ((rc = new_log(db, lognum, &db->log))) goto out;
-    db->log_number = lognum;
+    uint64_t lognum = db->log_number;
+    if (!db->log) {
+        lognum = db->next_file++;
+        if ((rc = new_log(db, lognum, &db->log))) goto out;
+        db->log_number = lognum;
+    }
     e.has_log_number = true;
     e.log_number = lognum;
     if ((rc = eng__log_and_apply(db, &e))) goto out;
@@ -337,7 +381,9 @@ int eng_db_open(const char *dir, const eng_options *opt, eng_db **out) {
         eng_options_init(&defaults);
         opt = &defaults;
     }
-    if (!dir || !*dir || check_options(opt)) return -EINVAL;
+    /* max_open_tables is checked here, beside the table cache it sizes. */
+    if (!dir || !*dir || check_options(opt) || opt->max_open_tables < 1)
+        return -EINVAL;
     eng_db *db = kv_calloc(1, sizeof *db);
     if (!db) return -ENOMEM;
     db->opt = *opt;
@@ -351,34 +397,37 @@ int eng_db_open(const char *dir, const eng_options *opt, eng_db **out) {
     pthread_mutex_init(&db->mu, NULL);
     pthread_mutex_init(&db->manifest_mu, NULL);
     pthread_mutex_init(&db->compact_mu, NULL);
+    eng__tcache_init(&db->tcache, opt->max_open_tables);
     pthread_cond_init(&db->bg_cv, NULL);
     pthread_cond_init(&db->work_cv, NULL);
     int rc = -ENOMEM;
     if (!(db->dir = kv_strdup(dir))) goto fail;
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-        rc = -errno;
-        if (rc == -ENOENT && !opt->create_if_missing) rc = -ENOENT;
-        goto fail;
-    }
-    if ((rc = lock_dir(db))) goto fail;
-    if ((rc = eng__cache_new(opt->cache_bytes, &db->cache))) goto fail;
     size_t n = strlen(dir) + 16;
     char *cur = kv_malloc(n);
-    if (!cur) {
-        rc = -ENOMEM;
-        goto fail;
-    }
+    if (!cur) goto fail;
     snprintf(cur, n, "%s/CURRENT", dir);
     bool exists = access(cur, F_OK) == 0;
-    kv_free(cur);
-    if (!exists && !opt->create_if_missing) {
+    rc = 0;
+    /* A missing store is reported before anything is created. */
+    if (!exists && !opt->create_if_missing)
         rc = -ENOENT;
-        goto fail;
-    }
-    if (exists && opt->error_if_exists) {
+    else if (exists && opt->error_if_exists)
         rc = -EEXIST;
+    else if (!exists && mkdir(dir, 0755) < 0 && errno != EEXIST)
+        rc = -errno;
+    if (rc) {
+        kv_free(cur);
         goto fail;
     }
+    rc = lock_dir(db);
+    /* Look again under the lock: another process may have created it. */
+    if (rc == 0 && !exists && (exists = access(cur, F_OK) == 0) &&
+        opt->error_if_exists)
+        rc = -EEXIST;
+    kv_free(cur);
+    cur = NULL;
+    if (rc) goto fail;
+    if ((rc = eng__cache_new(opt->cache_bytes, &db->cache))) goto fail;
     if ((rc = recover(db, exists))) goto fail;
     if (pthread_create(&db->flush_thread, NULL, flush_thread, db) != 0) {
         rc = -EAGAIN;
@@ -423,6 +472,7 @@ int eng_db_close(eng_db *db) {
     eng__mem_unref(db->mem);
     eng__mem_unref(db->imm);
     eng__version_unref(db->current);
+    eng__tcache_release(&db->tcache); /* after the last file is freed */
     if (db->cache) eng__cache_free(db->cache);
     if (db->lock_fd >= 0) close(db->lock_fd);
     for (int l = 0; l < ENG_MAX_LEVELS; l++)
@@ -659,8 +709,13 @@ static bool in_range(const eng_fmeta *f, kv_slice ukey) {
 static int probe(eng_db *db, eng_fmeta *f, kv_slice ukey, uint64_t seq,
                  int *type, kv_buf *val, uint64_t *found_seq) {
     bool probed = false;
+    eng_table *t;
+    /* Pinned so the table cache cannot close it during the lookup. */
+    int rc = eng__table_acquire(db, f, &t);
+    if (rc) return rc;
     eng__ctr_add(&db->c.bloom_checked, 1);
-    int rc = eng__table_get(f->table, ukey, seq, type, val, &probed, found_seq);
+    rc = eng__table_get(t, ukey, seq, type, val, &probed, found_seq);
+    eng__table_release(db, f);
     if (!probed) {
         eng__ctr_add(&db->c.bloom_negative, 1);
         return rc;
@@ -945,8 +1000,6 @@ int eng_db_stats(eng_db *db, eng_stats *s) {
         s->level_bytes[l] = v->level_bytes[l];
         s->live_tables += (uint64_t)v->nfiles[l];
         s->live_table_bytes += v->level_bytes[l];
-        for (int i = 0; i < v->nfiles[l]; i++)
-            s->table_meta_bytes += eng__table_mem(v->files[l][i]->table);
         if (l > 0 && v->level_bytes[l] > 0) largest_run = v->level_bytes[l];
     }
     /* Space amplification is estimated as RocksDB does: all table bytes
@@ -970,6 +1023,8 @@ int eng_db_stats(eng_db *db, eng_stats *s) {
     s->bg_error = db->bg_error;
     pthread_mutex_unlock(&db->mu);
     s->cache_bytes = eng__cache_usage(db->cache);
+    /* Only open tables hold index and filter blocks in memory. */
+    s->table_meta_bytes = eng__tcache_meta_bytes(&db->tcache);
     s->mem_bytes = s->memtable_bytes + s->cache_bytes + s->table_meta_bytes;
     return 0;
 }

@@ -5,7 +5,10 @@
  * Locks: db->manifest_mu (held while a version edit is logged and installed)
  * is taken before db->mu. db->compact_mu serialises compactions (background
  * and manual) and is taken before both. db->mu guards every field marked
- * [mu]. Version and file refcounts are changed under db->mu.
+ * [mu]. Version and file refcounts are changed under db->mu. The table
+ * cache's lock (db->tcache.mu, fields marked [tc]) is a leaf: it may be
+ * taken with any of the others held, and nothing else is locked, and no
+ * I/O done, while it is held.
  */
 #ifndef QFS_ENGINE_DB_INT_H
 #define QFS_ENGINE_DB_INT_H
@@ -40,9 +43,15 @@ typedef struct eng_fmeta {
     uint64_t entries, deletions;
     atomic_int refs;      /* versions and edits holding this file */
     atomic_bool obsolete; /* unlink the file when refs reach zero */
-    eng_table *table;     /* open reader, owned */
     char *path;           /* owned */
     eng_cache *cache;     /* blocks to drop when freed (may be NULL) */
+    /* Table cache (tcache.c). Read the table only through
+     * eng__table_acquire, which pins it. */
+    struct eng_tcache *tc;   /* set by eng__fmeta_open; NULL: never opened */
+    eng_table *table;        /* [tc] open reader (owned), or NULL */
+    int pins;                /* [tc] users of table; it stays open while > 0 */
+    struct eng_fmeta *older; /* [tc] LRU list of open tables */
+    struct eng_fmeta *newer; /* [tc] */
 } eng_fmeta;
 
 typedef struct eng_version {
@@ -91,6 +100,32 @@ eng_fmeta *eng__fmeta_new(void);
 int eng__fmeta_from_props(eng_fmeta *f, uint64_t number,
                           const eng_table_props *p);
 
+/* ---- table cache (tcache.c) ------------------------------------------------
+ * At most capacity tables open per store, least recently used closed first;
+ * a pinned table is never closed, so the count may exceed capacity while
+ * more than capacity tables are pinned at once. */
+typedef struct eng_tcache {
+    pthread_mutex_t mu;
+    int capacity;         /* max_open_tables */
+    int nopen;            /* [tc] tables open, pinned or not */
+    uint64_t meta_bytes;  /* [tc] eng__table_mem of the open tables */
+    eng_fmeta *lru, *mru; /* [tc] ends of the list of open tables */
+} eng_tcache;
+
+void eng__tcache_init(eng_tcache *tc, int capacity);
+/* At db close, after the last file was freed (a table still open then
+ * means a leaked reference: it is closed with a warning). */
+void eng__tcache_release(eng_tcache *tc);
+/* Pin f's table, opening it first if it is not open (f must have been
+ * through eng__fmeta_open). *out stays valid until the matching
+ * eng__table_release. 0, or the open's error (KV_ECORRUPT, -EIO, -EMFILE,
+ * -ENOMEM; logged) with *out NULL. */
+int eng__table_acquire(eng_db *db, eng_fmeta *f, eng_table **out);
+void eng__table_release(eng_db *db, eng_fmeta *f);
+/* f is being freed (last reference): close its table. Not pinned. */
+void eng__tcache_forget(eng_fmeta *f);
+uint64_t eng__tcache_meta_bytes(eng_tcache *tc); /* of the open tables */
+
 /* ---- the store -------------------------------------------------------------
  */
 typedef struct eng_writer eng_writer;
@@ -113,6 +148,7 @@ struct eng_db {
     eng_fault *fault;
     int lock_fd;
     eng_cache *cache;
+    eng_tcache tcache; /* open tables */
 
     pthread_mutex_t mu;
     pthread_mutex_t manifest_mu;
@@ -162,7 +198,9 @@ void eng__fmeta_ref(eng_fmeta *f);
 /* Last reference: close the table, drop its cached blocks, unlink the file
  * if it was marked obsolete. */
 void eng__fmeta_unref(eng_fmeta *f);
-/* Open f's table (path from db); used at recovery and for new outputs. */
+/* Attach f to db's table cache and verify its table by opening it (it is
+ * left in the cache as most recently used); used at recovery and for new
+ * outputs. KV_ECORRUPT / KV_EVERSION / -errno (logged). */
 int eng__fmeta_open(eng_db *db, eng_fmeta *f);
 /* Log e to the MANIFEST (synced) and install base+e as current. Takes
  * manifest_mu and mu itself; call with neither held. */

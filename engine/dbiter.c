@@ -3,7 +3,10 @@
  * read as of one sequence number. For each user key it yields the newest
  * entry with seq <= the iterator's sequence, and skips the key when that
  * entry is a tombstone. It holds references on the memtables and the
- * version it reads, so flushes and compactions cannot free them under it.
+ * version it reads, so flushes and compactions cannot free them under it,
+ * and pins every table of that version in the table cache until it is
+ * freed (while more tables than max_open_tables are pinned, the cache holds
+ * more open).
  */
 #include "engine/db_int.h"
 
@@ -13,6 +16,8 @@ struct eng_iter {
     eng_memtable *mem, *imm;
     eng_version *v;
     eng_iiter *it;
+    eng_fmeta **pinned; /* files of v whose tables this iterator pins */
+    int npinned;
     kv_buf key;   /* current user key */
     kv_buf value; /* current value (copied: the source may move on) */
     bool valid;
@@ -67,35 +72,55 @@ done:
 
 int eng__db_iter_new(eng_db *db, uint64_t seq, eng_memtable *mem,
                      eng_memtable *imm, eng_version *v, eng_iter **out) {
+    *out = NULL;
     eng_iter *it = kv_calloc(1, sizeof *it);
-    int n = 1 + (imm != NULL), k = 0;
-    for (int l = 0; l < ENG_MAX_LEVELS; l++) n += v->nfiles[l];
-    eng_iiter **kids = kv_calloc((size_t)n, sizeof *kids);
-    if (!it || !kids) goto nomem;
+    if (!it) {
+        eng__mem_unref(mem);
+        eng__mem_unref(imm);
+        eng__version_unref(v);
+        return -ENOMEM;
+    }
+    /* From here eng_iter_free releases whatever has been set up. */
     it->db = db;
     it->seq = seq;
     it->mem = mem;
     it->imm = imm;
     it->v = v;
+    int ntables = 0;
+    for (int l = 0; l < ENG_MAX_LEVELS; l++) ntables += v->nfiles[l];
+    int n = 1 + (imm != NULL) + ntables, k = 0;
+    eng_iiter **kids = kv_calloc((size_t)n, sizeof *kids);
+    it->pinned = kv_calloc((size_t)ntables + 1, sizeof *it->pinned);
+    if (!kids || !it->pinned) {
+        kv_free(kids);
+        eng_iter_free(it);
+        return -ENOMEM;
+    }
     kids[k++] = eng__mem_iter(mem);
     if (imm) kids[k++] = eng__mem_iter(imm);
     for (int l = 0; l < ENG_MAX_LEVELS; l++)
-        for (int i = 0; i < v->nfiles[l]; i++)
-            kids[k++] = eng__table_iter(v->files[l][i]->table, true);
+        for (int i = 0; i < v->nfiles[l]; i++) {
+            eng_fmeta *f = v->files[l][i];
+            eng_table *t;
+            int rc = eng__table_acquire(db, f, &t);
+            if (rc) {
+                /* A table that cannot be opened ends iteration with its
+                 * error (eng_iter_status) rather than hiding its keys. */
+                kids[k++] = eng__iiter_empty(rc);
+                continue;
+            }
+            it->pinned[it->npinned++] = f;
+            kids[k++] = eng__table_iter(t, true);
+        }
     /* eng__merge_iter frees every child, and treats a NULL one as -ENOMEM. */
     it->it = eng__merge_iter(kids, n);
     kv_free(kids);
-    kids = NULL;
-    if (!it->it) goto nomem;
+    if (!it->it) {
+        eng_iter_free(it);
+        return -ENOMEM;
+    }
     *out = it;
     return 0;
-nomem:
-    kv_free(kids);
-    kv_free(it);
-    eng__mem_unref(mem);
-    eng__mem_unref(imm);
-    eng__version_unref(v);
-    return -ENOMEM;
 }
 
 void eng_iter_seek_first(eng_iter *it) {
@@ -142,7 +167,11 @@ int eng_iter_status(const eng_iter *it) {
 
 void eng_iter_free(eng_iter *it) {
     if (!it) return;
-    it->it->ops->free(it->it);
+    /* The table iterators go first: they read the pinned tables. */
+    if (it->it) it->it->ops->free(it->it);
+    for (int i = 0; i < it->npinned; i++)
+        eng__table_release(it->db, it->pinned[i]);
+    kv_free(it->pinned);
     eng__mem_unref(it->mem);
     eng__mem_unref(it->imm);
     eng__version_unref(it->v);

@@ -18,8 +18,8 @@
 #include "base/base.h"
 
 /* Limits. Larger input returns KV_ETOOLARGE and writes nothing. */
-#define ENG_MAX_KEY (64u * 1024u - 1u)      /* bytes in a key */
-#define ENG_MAX_VALUE (64u * 1024u * 1024u) /* bytes in a value */
+#define ENG_MAX_KEY (64u * 1024u - 1u)       /* bytes in a key */
+#define ENG_MAX_VALUE (64u * 1024u * 1024u)  /* bytes in a value */
 #define ENG_MAX_BATCH (256u * 1024u * 1024u) /* encoded bytes in a batch */
 
 typedef struct eng_db eng_db;
@@ -98,8 +98,7 @@ int eng_db_write(eng_db *db, const eng_batch *b, int wflags);
 
 /* Read key as of snap (NULL: latest). The value replaces val's contents.
  * Returns 0, KV_ENOTFOUND, KV_ECORRUPT, -EIO, -ENOMEM. */
-int eng_db_get(eng_db *db, const eng_snapshot *snap, kv_slice key,
-               kv_buf *val);
+int eng_db_get(eng_db *db, const eng_snapshot *snap, kv_slice key, kv_buf *val);
 
 /* A snapshot pins the store's state as of now for gets and iterators. */
 int eng_db_snapshot(eng_db *db, eng_snapshot **out);
@@ -142,16 +141,16 @@ typedef struct eng_stats {
     uint64_t flush_bytes_written;
     uint64_t compact_bytes_read;
     uint64_t compact_bytes_written;
-    double write_amp;  /* (flush + compaction writes) / user bytes */
-    double read_amp;   /* tables probed per get (bloom-negative excluded) */
-    double space_amp;  /* live table bytes / bytes of newest versions */
+    double write_amp; /* (flush + compaction writes) / user bytes */
+    double read_amp;  /* tables probed per get (bloom-negative excluded) */
+    double space_amp; /* live table bytes / largest sorted run (estimate) */
     uint64_t gets, tables_probed, bloom_checked, bloom_negative;
     uint64_t bloom_false_positive; /* passed the filter, key absent */
     uint64_t bloom_true_positive;
     uint64_t compaction_debt_bytes;
-    uint64_t mem_bytes;       /* memtables + cache + table indexes/filters */
-    uint64_t memtable_bytes;  /* active + immutable */
-    uint64_t cache_bytes;     /* block cache in use */
+    uint64_t mem_bytes;        /* memtables + cache + table indexes/filters */
+    uint64_t memtable_bytes;   /* active + immutable */
+    uint64_t cache_bytes;      /* block cache in use */
     uint64_t table_meta_bytes; /* pinned index and filter blocks */
     uint64_t live_table_bytes;
     uint64_t live_tables;
@@ -159,9 +158,9 @@ typedef struct eng_stats {
     uint64_t level_bytes[ENG_MAX_LEVELS];
     uint64_t stall_us, slowdown_us; /* time writers waited on background work */
     uint64_t flushes, compactions;
-    uint64_t syncs;                 /* WAL fsyncs (group commit shares them) */
+    uint64_t syncs; /* WAL fsyncs (group commit shares them) */
     uint64_t last_sequence;
-    int bg_error;                   /* last background error, 0 if none */
+    int bg_error; /* last background error, 0 if none */
 } eng_stats;
 
 int eng_db_stats(eng_db *db, eng_stats *out);

@@ -87,7 +87,11 @@ int eng__ikey_cmp(kv_slice a, kv_slice b);
 /* Append user key + trailer to b. */
 int eng__ikey_append(kv_buf *b, kv_slice ukey, uint64_t seq, int type);
 /* A well-formed internal key: at least 8 bytes, known type. */
-bool eng__ikey_valid(kv_slice ikey);
+static inline bool eng__ikey_valid(kv_slice ikey) {
+    if (ikey.len < 8) return false;
+    int t = ikey.ptr[ikey.len - 8]; /* low byte of the trailer */
+    return t == ENG_TYPE_DEL || t == ENG_TYPE_PUT;
+}
 
 /* ---- internal iterators ----------------------------------------------------
  * Over internal keys in eng__ikey_cmp order. key/value stay valid until the
@@ -234,10 +238,10 @@ static inline bool eng__bb_empty(const eng_block_builder *b) {
 /* A parsed block over bytes the caller keeps alive (or owns: own = true). */
 typedef struct eng_block {
     const uint8_t *data;
-    size_t size;         /* bytes of entries (restart array excluded) */
+    size_t size; /* bytes of entries (restart array excluded) */
     uint32_t nrestarts;
     const uint8_t *restarts;
-    bool own;            /* data is freed with the block */
+    bool own; /* data is freed with the block */
 } eng_block;
 /* Validate the restart array; KV_ECORRUPT if malformed. */
 int eng__block_parse(const uint8_t *data, size_t len, bool own,

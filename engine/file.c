@@ -18,7 +18,9 @@ int eng_fault_new(eng_fault **out) {
     return 0;
 }
 
-void eng_fault_free(eng_fault *f) { kv_free(f); }
+void eng_fault_free(eng_fault *f) {
+    kv_free(f);
+}
 
 void eng_fault_arm(eng_fault *f, int mask, long after, int err, bool sticky) {
     atomic_store(&f->armed, false);
@@ -29,9 +31,13 @@ void eng_fault_arm(eng_fault *f, int mask, long after, int err, bool sticky) {
     atomic_store(&f->armed, true);
 }
 
-void eng_fault_disarm(eng_fault *f) { atomic_store(&f->armed, false); }
+void eng_fault_disarm(eng_fault *f) {
+    atomic_store(&f->armed, false);
+}
 
-long eng_fault_hits(const eng_fault *f) { return atomic_load(&f->hits); }
+long eng_fault_hits(const eng_fault *f) {
+    return atomic_load(&f->hits);
+}
 
 int eng__fault_check(eng_fault *f, int kind) {
     if (!f || !atomic_load_explicit(&f->armed, memory_order_acquire)) return 0;

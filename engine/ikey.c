@@ -20,9 +20,3 @@ int eng__ikey_append(kv_buf *b, kv_slice ukey, uint64_t seq, int type) {
     b->len += ukey.len + 8;
     return 0;
 }
-
-bool eng__ikey_valid(kv_slice ikey) {
-    if (ikey.len < 8) return false;
-    int t = eng__ikey_type(ikey);
-    return t == ENG_TYPE_DEL || t == ENG_TYPE_PUT;
-}

@@ -53,7 +53,7 @@ void eng__fmeta_ref(eng_fmeta *f) {
 
 void eng__fmeta_unref(eng_fmeta *f) {
     if (!f || atomic_fetch_sub(&f->refs, 1) != 1) return;
-    if (f->table) eng__table_close(f->table);
+    eng__tcache_forget(f);
     if (f->cache) eng__cache_erase_file(f->cache, f->number);
     if (atomic_load(&f->obsolete) && f->path) {
         int rc = eng__env_unlink(f->path);
@@ -84,15 +84,19 @@ int eng__fmeta_open(eng_db *db, eng_fmeta *f) {
     if (!f->path && !(f->path = eng__path(db, f->number, "sst")))
         return -ENOMEM;
     f->cache = db->cache;
-    if (f->table) return 0;
-    int rc =
-        eng__table_open(db->fault, f->path, f->number, db->cache, &f->table);
+    f->tc = &db->tcache;
+    /* Opening reads and checks the footer, index and filter: a damaged
+     * table is caught here, before a version names it (outputs) or the
+     * store opens (recovery). It then stays in the table cache until
+     * evicted. */
+    eng_table *t;
+    int rc = eng__table_acquire(db, f, &t);
     if (rc) {
-        kv_error(ENG_MOD, "cannot open table '%s': %s", f->path,
-                 kv_strerror(rc));
         f->cache = NULL;
+        return rc;
     }
-    return rc;
+    eng__table_release(db, f);
+    return 0;
 }
 
 /* ---- edits ---- */

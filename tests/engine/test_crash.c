@@ -41,7 +41,7 @@ enum {
     DEFAULT_CYCLES = 30 /* at least 30 kills per variant */
 };
 
-#define ACK_MAGIC 0x41434b31u  /* "ACK1": an acknowledged operation */
+#define ACK_MAGIC 0x41434b31u   /* "ACK1": an acknowledged operation */
 #define ACK_OPENERR 0x4f504e45u /* child could not open the store */
 #define ACK_OPERR 0x45525231u   /* a write failed in the child */
 #define VAL_MAGIC 0x43525631u   /* "CRV1" at the start of every value */
@@ -124,8 +124,8 @@ typedef struct op {
 
 static op op_of(uint64_t seed, const variant *v, uint32_t cycle, uint32_t t,
                 uint32_t n) {
-    uint64_t h = mix64(seed ^ mix64(((uint64_t)cycle << 40) ^
-                                    ((uint64_t)t << 32) ^ n));
+    uint64_t h =
+        mix64(seed ^ mix64(((uint64_t)cycle << 40) ^ ((uint64_t)t << 32) ^ n));
     op o;
     o.h = h;
     o.key = (uint32_t)(h % KPT);
@@ -226,8 +226,7 @@ static _Noreturn void child_main(const variant *v, uint64_t seed,
     child_arg args[THREADS];
     for (uint32_t t = 0; t < THREADS; t++) {
         args[t] = (child_arg){db, v, seed, cycle, t, wfd};
-        if (pthread_create(&th[t], NULL, child_writer, &args[t]) != 0)
-            _exit(6);
+        if (pthread_create(&th[t], NULL, child_writer, &args[t]) != 0) _exit(6);
     }
     for (uint32_t t = 0; t < THREADS; t++) pthread_join(th[t], NULL);
     _exit(0); /* not reached: the parent kills us first */
@@ -245,7 +244,8 @@ typedef struct crash_state {
     bool any_ack[THREADS];
     uint32_t max_ack[THREADS];
     long total_acks, kills_before_ack;
-    uint64_t cycle_start_ms, first_ack_ms_sum; /* how long the child's open took */
+    uint64_t cycle_start_ms,
+        first_ack_ms_sum; /* how long the child's open took */
     long first_acks;
     int child_err; /* first error reported by the child, 0 if none */
     uint32_t child_err_magic;
@@ -259,7 +259,9 @@ static uint64_t kill_delay_ms(crash_state *s) {
     return 20 + s->rng % 281;
 }
 
-static uint64_t now_ms(void) { return kv_now_ns() / 1000000u; }
+static uint64_t now_ms(void) {
+    return kv_now_ns() / 1000000u;
+}
 
 static void take_ack(crash_state *s, const ack *a) {
     if (a->magic == ACK_OPENERR || a->magic == ACK_OPERR) {
@@ -273,13 +275,11 @@ static void take_ack(crash_state *s, const ack *a) {
                  s->seed);
     cr_assert(a->thread < THREADS && a->cycle == s->cycle);
     cr_assert(!s->any_ack[a->thread] || a->counter == s->max_ack[a->thread] + 1,
-              "seed=%" PRIu64 " cycle=%u: writer %u acked %u after %u",
-              s->seed, s->cycle, a->thread, a->counter,
-              s->max_ack[a->thread]);
+              "seed=%" PRIu64 " cycle=%u: writer %u acked %u after %u", s->seed,
+              s->cycle, a->thread, a->counter, s->max_ack[a->thread]);
     op o = op_of(s->seed, s->v, a->cycle, a->thread, a->counter);
     s->has_ack[a->thread][o.key] = true;
-    s->acked[a->thread][o.key] =
-        (kstate){!o.del, a->cycle, a->counter};
+    s->acked[a->thread][o.key] = (kstate){!o.del, a->cycle, a->counter};
     bool first = true;
     for (int t = 0; t < THREADS; t++) first &= !s->any_ack[t];
     if (first) {
@@ -387,15 +387,13 @@ static void verify(crash_state *s) {
                 if (rc == KV_ENOTFOUND) {
                     seen[ns] = (kstate){false, 0, 0};
                 } else {
-                    cr_assert_eq(rc, 0,
-                                 "seed=%" PRIu64 " cycle=%u: get %s: %s",
+                    cr_assert_eq(rc, 0, "seed=%" PRIu64 " cycle=%u: get %s: %s",
                                  s->seed, s->cycle, kb, kv_strerror(rc));
                     seen[ns] = parse_value(s, kv_buf_slice(&got), t, k, what);
                 }
             }
             bool ok = kstate_eq(seen[0], want) ||
-                      (fl_key[t] == k &&
-                       kstate_eq(seen[0], fl_state[t]));
+                      (fl_key[t] == k && kstate_eq(seen[0], fl_state[t]));
             cr_assert(ok,
                       "seed=%" PRIu64 " cycle=%u: key c%u-%05u holds %s, "
                       "expected %s%s%s (last acked op of writer: %d)",
@@ -525,8 +523,8 @@ static void run_variant(const variant *v) {
                             (uint64_t)getpid();
     s->rng = s->seed;
     long cycles = env_long("QFS_CRASH_CYCLES", DEFAULT_CYCLES);
-    fprintf(stderr, "crash/%s: seed=%" PRIu64 " cycles=%ld\n", v->name,
-            s->seed, cycles);
+    fprintf(stderr, "crash/%s: seed=%" PRIu64 " cycles=%ld\n", v->name, s->seed,
+            cycles);
     for (long c = 0; c < cycles; c++) {
         s->cycle = (uint32_t)c;
         run_cycle(s);

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ---- fixture and helpers ---- */
@@ -102,8 +103,8 @@ static uint64_t mix64(uint64_t x) {
     return x;
 }
 
-static size_t gen_value(uint8_t *out, size_t cap, uint64_t id,
-                        uint64_t version, long len) {
+static size_t gen_value(uint8_t *out, size_t cap, uint64_t id, uint64_t version,
+                        long len) {
     uint64_t s = mix64(id * 1000003u + version + 1);
     size_t n = len >= 0 ? (size_t)len : (size_t)(s % 600);
     cr_assert_leq(n, cap);
@@ -114,8 +115,7 @@ static size_t gen_value(uint8_t *out, size_t cap, uint64_t id,
     return n;
 }
 
-static kv_slice key_of(char *buf, size_t cap, const char *prefix,
-                       unsigned i) {
+static kv_slice key_of(char *buf, size_t cap, const char *prefix, unsigned i) {
     int n = snprintf(buf, cap, "%s%06u", prefix, i);
     return kv_slice_make(buf, (size_t)n);
 }
@@ -282,8 +282,8 @@ Test(db, key_and_value_limits) {
     EXPECT_RC(eng_db_put(db, kv_slice_str("bigv"), kv_slice_make(val, vlen), 0),
               KV_ETOOLARGE);
     expect_absent(db, NULL, kv_slice_str("bigv"));
-    OK(eng_db_put(db, kv_slice_str("bigv"),
-                  kv_slice_make(val, ENG_MAX_VALUE), 0));
+    OK(eng_db_put(db, kv_slice_str("bigv"), kv_slice_make(val, ENG_MAX_VALUE),
+                  0));
     expect_value(db, NULL, kv_slice_str("bigv"), val, ENG_MAX_VALUE);
     OK(eng_db_flush(db));
     expect_value(db, NULL, kv_slice_str("bigv"), val, ENG_MAX_VALUE);
@@ -367,8 +367,8 @@ static void *batch_reader(void *arg) {
         }
         int ra = eng_db_get(r->db, s, kv_slice_str("pair-a"), &a);
         int rc = eng_db_get(r->db, s, kv_slice_str("pair-c"), &c);
-        if (ra != rc || (ra == 0 && !kv_slice_eq(kv_buf_slice(&a),
-                                                 kv_buf_slice(&c))))
+        if (ra != rc ||
+            (ra == 0 && !kv_slice_eq(kv_buf_slice(&a), kv_buf_slice(&c))))
             atomic_fetch_add(&r->errors, 1);
         eng_iter *it = NULL;
         if (eng_iter_new(r->db, NULL, &it) == 0) {
@@ -531,15 +531,15 @@ Test(db, iterator_merges_memtable_and_tables) {
     /* Three tables and a memtable, each changing a different subset. */
     for (unsigned i = 0; i < N; i += 2) {
         size_t n = gen_value(vb, sizeof vb, i, 0, -1);
-        OK(eng_db_put(db, key_of(kb, sizeof kb, "it", i),
-                      kv_slice_make(vb, n), 0));
+        OK(eng_db_put(db, key_of(kb, sizeof kb, "it", i), kv_slice_make(vb, n),
+                      0));
         ver[i] = 0;
     }
     OK(eng_db_flush(db));
     for (unsigned i = 1; i < N; i += 3) {
         size_t n = gen_value(vb, sizeof vb, i, 1, -1);
-        OK(eng_db_put(db, key_of(kb, sizeof kb, "it", i),
-                      kv_slice_make(vb, n), 0));
+        OK(eng_db_put(db, key_of(kb, sizeof kb, "it", i), kv_slice_make(vb, n),
+                      0));
         ver[i] = 1;
     }
     OK(eng_db_flush(db));
@@ -550,8 +550,8 @@ Test(db, iterator_merges_memtable_and_tables) {
     OK(eng_db_flush(db));
     for (unsigned i = 0; i < N; i += 7) {
         size_t n = gen_value(vb, sizeof vb, i, 2, -1);
-        OK(eng_db_put(db, key_of(kb, sizeof kb, "it", i),
-                      kv_slice_make(vb, n), 0));
+        OK(eng_db_put(db, key_of(kb, sizeof kb, "it", i), kv_slice_make(vb, n),
+                      0));
         ver[i] = 2;
     }
     for (unsigned i = 3; i < N; i += 11) {
@@ -574,8 +574,7 @@ Test(db, iterator_merges_memtable_and_tables) {
                      (const char *)eng_iter_key(it).ptr);
         kv_slice want = key_of(kb, sizeof kb, "it", next);
         cr_assert(kv_slice_eq(eng_iter_key(it), want),
-                  "expected key %s, got '%.*s'", kb,
-                  (int)eng_iter_key(it).len,
+                  "expected key %s, got '%.*s'", kb, (int)eng_iter_key(it).len,
                   (const char *)eng_iter_key(it).ptr);
         size_t n = gen_value(vb, sizeof vb, next, (uint64_t)ver[next], -1);
         cr_assert(kv_slice_eq(eng_iter_value(it), kv_slice_make(vb, n)),
@@ -597,8 +596,8 @@ Test(db, iterator_merges_memtable_and_tables) {
             cr_assert(eng_iter_valid(it), "seek %s: invalid", target);
             cr_assert(kv_slice_eq(eng_iter_key(it),
                                   key_of(kb, sizeof kb, "it", want)),
-                      "seek %s step %d: expected %s, got '%.*s'", target,
-                      steps, kb, (int)eng_iter_key(it).len,
+                      "seek %s step %d: expected %s, got '%.*s'", target, steps,
+                      kb, (int)eng_iter_key(it).len,
                       (const char *)eng_iter_key(it).ptr);
             eng_iter_next(it);
             want++;
@@ -609,7 +608,8 @@ Test(db, iterator_merges_memtable_and_tables) {
     cr_assert(eng_iter_valid(it));
     unsigned first = 0;
     while (ver[first] < 0) first++;
-    cr_assert(kv_slice_eq(eng_iter_key(it), key_of(kb, sizeof kb, "it", first)));
+    cr_assert(
+        kv_slice_eq(eng_iter_key(it), key_of(kb, sizeof kb, "it", first)));
     eng_iter_seek(it, kv_slice_str("iu"));
     cr_assert(!eng_iter_valid(it), "seek past the last key is valid");
     OK(eng_iter_status(it));
@@ -622,6 +622,71 @@ Test(db, iterator_merges_memtable_and_tables) {
     cr_assert(kv_slice_eq(eng_iter_key(it), kv_slice_str("it000000a")));
     cr_assert(kv_slice_eq(eng_iter_value(it), kv_slice_str("late")));
     eng_iter_free(it);
+    OK(eng_db_close(db));
+}
+
+/* An iterator keeps reading the tables it started on after a compaction
+ * has replaced them (and the table cache is too small to hold them). */
+Test(db, iterator_outlives_compaction_of_its_tables) {
+    eng_options o;
+    small_opts(&o, ENG_COMPACT_LEVELED);
+    o.max_open_tables = 2;
+    eng_db *db = open_db(&o);
+    enum { N = 2000 };
+    char kb[32];
+    uint8_t vb[1024];
+    for (unsigned i = 0; i < N; i++) {
+        size_t n = gen_value(vb, sizeof vb, i, 0, 100);
+        OK(eng_db_put(db, key_of(kb, sizeof kb, "pin", i), kv_slice_make(vb, n),
+                      0));
+    }
+    OK(eng_db_flush(db));
+    eng_iter *it = NULL;
+    OK(eng_iter_new(db, NULL, &it));
+    eng_iter_seek_first(it); /* positioned before the tables go away */
+    for (unsigned i = 0; i < N; i++) {
+        kv_slice k = key_of(kb, sizeof kb, "pin", i);
+        if (i % 2) {
+            OK(eng_db_delete(db, k, 0));
+        } else {
+            size_t n = gen_value(vb, sizeof vb, i, 1, 100);
+            OK(eng_db_put(db, k, kv_slice_make(vb, n), 0));
+        }
+    }
+    OK(eng_db_flush(db));
+    OK(eng_db_compact_range(db, NULL, NULL));
+    OK(eng_db_compact_range(db, NULL, NULL));
+
+    unsigned i = 0;
+    for (; eng_iter_valid(it); eng_iter_next(it), i++) {
+        cr_assert_lt(i, N, "old iterator has extra entries");
+        cr_assert(
+            kv_slice_eq(eng_iter_key(it), key_of(kb, sizeof kb, "pin", i)),
+            "old iterator: entry %u is '%.*s'", i, (int)eng_iter_key(it).len,
+            (const char *)eng_iter_key(it).ptr);
+        size_t n = gen_value(vb, sizeof vb, i, 0, 100);
+        cr_assert(kv_slice_eq(eng_iter_value(it), kv_slice_make(vb, n)),
+                  "old iterator: wrong value at entry %u", i);
+    }
+    OK(eng_iter_status(it));
+    cr_assert_eq(i, N, "old iterator saw %u of %u entries", i, N);
+    eng_iter_free(it);
+
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            OK(eng_db_close(db));
+            db = open_db(&o);
+        }
+        for (unsigned j = 0; j < N; j++) {
+            kv_slice k = key_of(kb, sizeof kb, "pin", j);
+            if (j % 2) {
+                expect_absent(db, NULL, k);
+            } else {
+                size_t n = gen_value(vb, sizeof vb, j, 1, 100);
+                expect_value(db, NULL, k, vb, n);
+            }
+        }
+    }
     OK(eng_db_close(db));
 }
 
@@ -678,9 +743,15 @@ static void reopen_keeps_everything(eng_sync_mode mode) {
     }
 }
 
-Test(db, reopen_sync_none) { reopen_keeps_everything(ENG_SYNC_NONE); }
-Test(db, reopen_sync_group) { reopen_keeps_everything(ENG_SYNC_GROUP); }
-Test(db, reopen_sync_always) { reopen_keeps_everything(ENG_SYNC_ALWAYS); }
+Test(db, reopen_sync_none) {
+    reopen_keeps_everything(ENG_SYNC_NONE);
+}
+Test(db, reopen_sync_group) {
+    reopen_keeps_everything(ENG_SYNC_GROUP);
+}
+Test(db, reopen_sync_always) {
+    reopen_keeps_everything(ENG_SYNC_ALWAYS);
+}
 
 Test(db, write_flags_override_sync_mode) {
     eng_options o;
@@ -705,8 +776,7 @@ Test(db, write_flags_override_sync_mode) {
     cr_assert_geq(s2.syncs - s1.syncs, 21,
                   "SYNC_ALWAYS writes: %llu syncs for 21 writes",
                   (unsigned long long)(s2.syncs - s1.syncs));
-    OK(eng_db_put(db, kv_slice_str("h"), kv_slice_str("v"),
-                  ENG_WF_SYNC_GROUP));
+    OK(eng_db_put(db, kv_slice_str("h"), kv_slice_str("v"), ENG_WF_SYNC_GROUP));
     OK(eng_db_stats(db, &s3));
     cr_assert_geq(s3.syncs - s2.syncs, 1, "SYNC_GROUP write not synced");
 
@@ -771,6 +841,18 @@ Test(db, second_open_is_busy) {
     eng_db *db2 = NULL;
     EXPECT_RC(eng_db_open(g_dir, &o, &db2), KV_EBUSY);
     cr_assert_null(db2);
+    /* Another process is refused as well. */
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        eng_db *db3 = NULL;
+        _exit(eng_db_open(g_dir, &o, &db3) == KV_EBUSY ? 0 : 1);
+    }
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "a second process could open a store that is in use");
     /* The failed open disturbed nothing. */
     expect_str(db, NULL, "k", "v");
     OK(put_str(db, "k2", "v2"));
@@ -792,10 +874,9 @@ static void check_level_sum(const eng_stats *s) {
     }
     cr_assert_eq(sum, s->live_tables, "level tables %llu != live tables %llu",
                  (unsigned long long)sum, (unsigned long long)s->live_tables);
-    cr_assert_eq(bytes, s->live_table_bytes,
-                 "level bytes %llu != live table bytes %llu",
-                 (unsigned long long)bytes,
-                 (unsigned long long)s->live_table_bytes);
+    cr_assert_eq(
+        bytes, s->live_table_bytes, "level bytes %llu != live table bytes %llu",
+        (unsigned long long)bytes, (unsigned long long)s->live_table_bytes);
 }
 
 Test(db, stats_track_writes_flushes_and_bloom) {
@@ -963,8 +1044,12 @@ static void churn(eng_compaction_style style) {
     OK(eng_db_close(db));
 }
 
-Test(db, leveled_compaction_churn) { churn(ENG_COMPACT_LEVELED); }
-Test(db, tiered_compaction_churn) { churn(ENG_COMPACT_TIERED); }
+Test(db, leveled_compaction_churn) {
+    churn(ENG_COMPACT_LEVELED);
+}
+Test(db, tiered_compaction_churn) {
+    churn(ENG_COMPACT_TIERED);
+}
 
 Test(db, tombstones_survive_compaction_and_reopen) {
     eng_options o;

@@ -144,8 +144,8 @@ static void check_get(ctx *c, const eng_snapshot *snap, const mval *m,
     int rc = eng_db_get(c->db, snap, k, &c->got);
     if (!m[i].present) {
         if (rc != KV_ENOTFOUND)
-            FAIL(c, "get %s%s: rc %d (%s) len %zu, expected not found",
-                 show(k), snap ? " at snapshot" : "", rc, kv_strerror(rc),
+            FAIL(c, "get %s%s: rc %d (%s) len %zu, expected not found", show(k),
+                 snap ? " at snapshot" : "", rc, kv_strerror(rc),
                  rc == 0 ? c->got.len : 0);
         return;
     }
@@ -155,8 +155,7 @@ static void check_get(ctx *c, const eng_snapshot *snap, const mval *m,
     gen_bytes(c->want, m[i].vseed, m[i].len);
     if (c->got.len != m[i].len ||
         (m[i].len && memcmp(c->got.ptr, c->want, m[i].len) != 0))
-        FAIL(c, "get %s%s: got %zu bytes, expected %u bytes (seed %" PRIu64
-                ")",
+        FAIL(c, "get %s%s: got %zu bytes, expected %u bytes (seed %" PRIu64 ")",
              show(k), snap ? " at snapshot" : "", c->got.len, m[i].len,
              m[i].vseed);
 }
@@ -261,10 +260,11 @@ static void check_stats(ctx *c) {
         FAIL(c, "background error %d (%s)", st.bg_error,
              kv_strerror(st.bg_error));
     uint64_t sum = 0;
-    for (int l = 0; l < ENG_MAX_LEVELS; l++) sum += (uint64_t)st.level_tables[l];
+    for (int l = 0; l < ENG_MAX_LEVELS; l++)
+        sum += (uint64_t)st.level_tables[l];
     if (sum != st.live_tables)
-        FAIL(c, "level tables add up to %" PRIu64 ", live tables %" PRIu64,
-             sum, st.live_tables);
+        FAIL(c, "level tables add up to %" PRIu64 ", live tables %" PRIu64, sum,
+             st.live_tables);
 }
 
 /* ---- operations ---- */
@@ -315,8 +315,8 @@ static void do_batch(ctx *c, eng_batch *b) {
         } else {
             vals[n] = new_value(c);
             gen_bytes(c->want, vals[n].vseed, vals[n].len);
-            CHECK_RC(c, eng_batch_put(b, k,
-                                      kv_slice_make(c->want, vals[n].len)));
+            CHECK_RC(c,
+                     eng_batch_put(b, k, kv_slice_make(c->want, vals[n].len)));
         }
     }
     if (eng_batch_count(b) != nops)
@@ -405,8 +405,7 @@ static void reopen(ctx *c) {
 static uint64_t pick_seed(void) {
     const char *e = getenv("QFS_SEED");
     if (e && *e) return strtoull(e, NULL, 0);
-    return (uint64_t)time(NULL) * 1000003u ^ (uint64_t)getpid() ^
-           kv_now_ns();
+    return (uint64_t)time(NULL) * 1000003u ^ (uint64_t)getpid() ^ kv_now_ns();
 }
 
 static long pick_steps(long dflt) {
@@ -440,8 +439,9 @@ static void run_model(const char *name, const eng_options *opt, long steps) {
     c->opt = *opt;
     c->op = "open";
     steps = pick_steps(steps);
-    fprintf(stderr, "model/%s: seed=%" PRIu64 " steps=%ld (QFS_SEED=%" PRIu64
-                    " replays)\n",
+    fprintf(stderr,
+            "model/%s: seed=%" PRIu64 " steps=%ld (QFS_SEED=%" PRIu64
+            " replays)\n",
             name, c->seed, steps, c->seed);
     CHECK_RC(c, eng_db_open(g_dir, &c->opt, &c->db));
     CHECK_RC(c, eng_batch_new(&c->batch));
@@ -478,7 +478,8 @@ static void run_model(const char *name, const eng_options *opt, long steps) {
             snap_take(c);
         } else if (r < 9650) {
             c->op = "check snapshot";
-            if (c->nsnaps) check_snapshot(c, &c->snaps[rnd(c, (uint32_t)c->nsnaps)]);
+            if (c->nsnaps)
+                check_snapshot(c, &c->snaps[rnd(c, (uint32_t)c->nsnaps)]);
         } else if (r < 9700) {
             c->op = "full scan at snapshot";
             if (c->nsnaps) {
@@ -507,7 +508,8 @@ static void run_model(const char *name, const eng_options *opt, long steps) {
             reopen(c);
         } else {
             c->op = "get absent-heavy";
-            for (int n = 0; n < 10; n++) check_get(c, NULL, c->m, rnd(c, NKEYS));
+            for (int n = 0; n < 10; n++)
+                check_get(c, NULL, c->m, rnd(c, NKEYS));
         }
     }
 
@@ -571,7 +573,7 @@ Test(model, leveled_tiny_blocks_no_filter) {
     o.compression_level = 0;
     o.max_open_tables = 4;
     o.cache_bytes = 4096;
-    run_model("leveled-tiny", &o, 8000);
+    run_model("leveled-tiny", &o, 5000);
 }
 
 Test(model, tiered_small_table_cache) {
@@ -580,5 +582,5 @@ Test(model, tiered_small_table_cache) {
     o.max_open_tables = 3;
     o.compression_level = 3;
     o.memtable_bytes = 32 * 1024;
-    run_model("tiered-tcache", &o, 8000);
+    run_model("tiered-tcache", &o, 5000);
 }
