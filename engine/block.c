@@ -12,7 +12,7 @@
  * block's end before use, and any failure leaves the iterator invalid with
  * KV_ECORRUPT. With eng__ikey_cmp as the order every key must also be a
  * well-formed internal key, so comparisons never read outside a key.
- * The format is documented in docs/engine-format.d/sstable.md.
+ * The format is documented in docs/engine-format.md, "Sorted tables".
  */
 #include "engine/engine_int.h"
 

@@ -9,7 +9,7 @@
  * table was written with can change freely. A filter that is too short, has
  * an unknown format byte or an impossible k answers "may match": a bad filter
  * costs a block read, never a missed key. Layout and the false-positive
- * budget are in docs/engine-format.d/sstable.md.
+ * budget are in docs/engine-format.md, "Sorted tables".
  */
 #include "engine/engine_int.h"
 

@@ -3,7 +3,7 @@
  * file header (magic, version, flags, log number, checksum) is followed by
  * records, each a 32-byte header (header checksum, length, type, log number,
  * payload checksum) and its payload. Format, validity rule and recovery are
- * in docs/engine-format.d/log.md.
+ * in docs/engine-format.md, "Record log".
  *
  * Invariants: the writer only ever leaves whole records in the file (a failed
  * append is cut back); the reader never reads outside its window buffer and

@@ -12,7 +12,7 @@
  * decompressed size) before anything is allocated. Index keys are >= every
  * key of their block and < every key of the next one. Every corruption is
  * logged with the path and offset and returns KV_ECORRUPT.
- * Format: docs/engine-format.d/sstable.md.
+ * Format: docs/engine-format.md, "Sorted tables".
  */
 #include "engine/engine_int.h"
 

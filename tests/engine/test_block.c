@@ -5,7 +5,7 @@
  * restart arrays, and robustness: every bit flip and every truncation of a
  * real block either iterates or ends with KV_ECORRUPT, never reading outside
  * the block (each fuzzed block lives in its own exact-size allocation, so
- * ASan sees any overrun). Format: docs/engine-format.d/sstable.md.
+ * ASan sees any overrun). Format: docs/engine-format.md, "Sorted tables".
  */
 #include "engine/engine_int.h"
 

@@ -2,7 +2,8 @@
  * Tests of bloom filters (engine/bloom.c): no false negatives, a measured
  * false-positive rate below 1% at 10 bits per key over a million keys, the
  * stored probe count and size, the "may match" answer for every malformed
- * filter, and allocation failure. Layout: docs/engine-format.d/sstable.md.
+ * filter, and allocation failure. Layout: docs/engine-format.md, "Sorted
+ * tables".
  */
 #include "engine/engine_int.h"
 

@@ -12,8 +12,8 @@
  * numbers interleave with other keys', and values are regenerated from
  * (seed, length) when checked, so no copy of the data is kept. Every test
  * works in its own mkdtemp directory, removed by the fixture.
- * Format: docs/engine-format.d/sstable.md (the tests that patch bytes rely
- * on its footer layout).
+ * Format: docs/engine-format.md, "Sorted tables" (the tests that patch bytes
+ * rely on its footer layout).
  */
 #include "engine/engine_int.h"
 
