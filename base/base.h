@@ -165,7 +165,15 @@ static inline kv_reader kv_reader_make(kv_slice s) {
 static inline size_t kv_reader_left(const kv_reader *r) {
     return (size_t)(r->end - r->p);
 }
-int kv_get_varint(kv_reader *r, uint64_t *v);
+int kv__get_varint_slow(kv_reader *r, uint64_t *v);
+/* Inline for the common one-byte case (block entries decode three a key). */
+static inline int kv_get_varint(kv_reader *r, uint64_t *v) {
+    if (r->p < r->end && *r->p < 0x80) {
+        *v = *r->p++;
+        return 0;
+    }
+    return kv__get_varint_slow(r, v);
+}
 int kv_get_varint32(kv_reader *r, uint32_t *v);
 int kv_get_fixed32(kv_reader *r, uint32_t *v);
 int kv_get_fixed64(kv_reader *r, uint64_t *v);

@@ -108,7 +108,7 @@ int kv_buf_put_lenslice(kv_buf *b, kv_slice s) {
     return kv_buf_append(b, s.ptr, s.len);
 }
 
-int kv_get_varint(kv_reader *r, uint64_t *v) {
+int kv__get_varint_slow(kv_reader *r, uint64_t *v) {
     uint64_t x = 0;
     const uint8_t *p = r->p;
     for (int shift = 0; shift < 64 && p < r->end; shift += 7) {
