@@ -469,7 +469,10 @@ static ZSTD_DCtx *thread_dctx(bool *fresh) {
 /* Readahead for iterators. Once an iterator has read two blocks that follow
  * each other on disk, it reads a window of the file at once (16 KiB,
  * doubling to 128 KiB) and serves the next blocks from it: one system call
- * per window instead of one per 4 KiB block. Point lookups never use it. */
+ * per window instead of one per 4 KiB block. Blocks served from the window
+ * are parsed in place (no copy, not cached); the iterator drops each block
+ * before it reads the next, which is what keeps such a view valid. Point
+ * lookups never read ahead. */
 #define RA_MIN (16u << 10)
 #define RA_MAX (128u << 10)
 
@@ -486,67 +489,81 @@ static void ra_release(readahead *ra) {
     memset(ra, 0, sizeof *ra);
 }
 
-/* Bytes [off, off + n) of t's file into dst, through ra when given. */
-static int fetch(eng_table *t, readahead *ra, uint64_t off, uint8_t *dst,
-                 size_t n) {
-    if (ra) {
-        if (off != ra->next) {
-            ra->streak = 0;
-            ra->window = RA_MIN;
-        } else if (ra->streak < 2) {
-            ra->streak++;
-        }
-        ra->next = off + n;
-        if (off >= ra->off && off + n <= ra->off + ra->len) {
-            memcpy(dst, ra->buf + (off - ra->off), n);
-            return 0;
-        }
-        if (ra->streak >= 2) {
-            /* The caller checked off + n <= meta_end: the window stays
-             * inside the data blocks. */
-            size_t w = KV_MAX(ra->window, n);
-            if (off + w > t->meta_end) w = (size_t)(t->meta_end - off);
-            if (w > ra->cap) {
-                uint8_t *p = kv_realloc(ra->buf, w);
-                if (!p) return -ENOMEM;
-                ra->buf = p;
-                ra->cap = w;
-            }
-            ra->len = 0;
-            int rc = eng__file_pread(t->file, off, ra->buf, w);
-            if (rc) return rc;
-            ra->off = off;
-            ra->len = w;
-            if (ra->window < RA_MAX) ra->window *= 2;
-            memcpy(dst, ra->buf, n);
-            return 0;
-        }
+/* Note a read of [off, off + n) and, when it continues a sequential
+ * streak, make ra's window hold it. *have tells whether ra->buf now holds
+ * the bytes. */
+static int ra_fill(eng_table *t, readahead *ra, uint64_t off, size_t n,
+                   bool *have) {
+    *have = false;
+    if (off != ra->next) {
+        ra->streak = 0;
+        ra->window = RA_MIN;
+    } else if (ra->streak < 2) {
+        ra->streak++;
     }
-    return eng__file_pread(t->file, off, dst, n);
+    ra->next = off + n;
+    if (off >= ra->off && off + n <= ra->off + ra->len) {
+        *have = true;
+        return 0;
+    }
+    if (ra->streak < 2) return 0;
+    /* The caller checked off + n <= meta_end: the window stays inside the
+     * data blocks. */
+    size_t w = KV_MAX(ra->window, n);
+    if (off + w > t->meta_end) w = (size_t)(t->meta_end - off);
+    if (w > ra->cap) {
+        uint8_t *p = kv_realloc(ra->buf, w);
+        if (!p) return -ENOMEM;
+        ra->buf = p;
+        ra->cap = w;
+    }
+    ra->len = 0;
+    int rc = eng__file_pread(t->file, off, ra->buf, w);
+    if (rc) return rc;
+    ra->off = off;
+    ra->len = w;
+    if (ra->window < RA_MAX) ra->window *= 2;
+    *have = true;
+    return 0;
 }
 
 /* Read, verify and (if needed) decompress the block at h. On success *out
- * is a kv_malloc'd buffer of *len block bytes owned by the caller. */
+ * holds *len block bytes: a kv_malloc'd buffer the caller owns, or, when
+ * borrowed is given and the bytes came from ra's window uncompressed, a view
+ * into that window (*borrowed set), valid until the next read through ra. */
 static int read_block(eng_table *t, handle h, const char *what, readahead *ra,
-                      uint8_t **out, size_t *len) {
+                      bool *borrowed, uint8_t **out, size_t *len) {
     *out = NULL;
+    if (borrowed) *borrowed = false;
     if (h.size > t->meta_end || h.off > t->meta_end - h.size ||
         t->meta_end - h.off - h.size < TRAILER_SIZE)
         return CORRUPT(t, "bad %s block handle (offset %llu, size %llu)", what,
                        (unsigned long long)h.off, (unsigned long long)h.size);
     size_t n = (size_t)h.size;
-    uint8_t *buf = kv_malloc(n + TRAILER_SIZE), *d = NULL;
-    if (!buf) return -ENOMEM;
-    int rc = fetch(t, ra, h.off, buf, n + TRAILER_SIZE);
-    if (rc) goto out;
-    uint8_t type = buf[n];
-    if (kv_checksum2(buf, n, &type, 1) != kv_get_u64(buf + n + 1)) {
+    uint8_t *buf = NULL, *d = NULL;
+    const uint8_t *src;
+    bool have = false;
+    int rc = ra ? ra_fill(t, ra, h.off, n + TRAILER_SIZE, &have) : 0;
+    if (rc) return rc;
+    if (have && borrowed) {
+        src = ra->buf + (h.off - ra->off);
+    } else {
+        if (!(buf = kv_malloc(n + TRAILER_SIZE))) return -ENOMEM;
+        if (have)
+            memcpy(buf, ra->buf + (h.off - ra->off), n + TRAILER_SIZE);
+        else if ((rc = eng__file_pread(t->file, h.off, buf, n + TRAILER_SIZE)))
+            goto out;
+        src = buf;
+    }
+    uint8_t type = src[n];
+    if (kv_checksum2(src, n, &type, 1) != kv_get_u64(src + n + 1)) {
         rc = CORRUPT(t, "checksum mismatch in block at offset %llu",
                      (unsigned long long)h.off);
         goto out;
     }
     if (type == BLOCK_RAW) {
-        *out = buf;
+        *out = buf ? buf : (uint8_t *)src;
+        if (!buf) *borrowed = true;
         *len = n;
         return 0;
     }
@@ -555,7 +572,7 @@ static int read_block(eng_table *t, handle h, const char *what, readahead *ra,
                      type, (unsigned long long)h.off);
         goto out;
     }
-    unsigned long long raw = ZSTD_getFrameContentSize(buf, n);
+    unsigned long long raw = ZSTD_getFrameContentSize(src, n);
     if (raw == ZSTD_CONTENTSIZE_ERROR || raw == ZSTD_CONTENTSIZE_UNKNOWN ||
         raw > BLOCK_LIMIT) {
         rc = CORRUPT(t, "bad decompressed size in block at offset %llu",
@@ -569,7 +586,7 @@ static int read_block(eng_table *t, handle h, const char *what, readahead *ra,
         rc = -ENOMEM;
         goto out;
     }
-    size_t got = ZSTD_decompressDCtx(dc, d, (size_t)raw, buf, n);
+    size_t got = ZSTD_decompressDCtx(dc, d, (size_t)raw, src, n);
     if (fresh) ZSTD_freeDCtx(dc);
     if (ZSTD_isError(got) || got != raw) {
         rc = CORRUPT(t, "cannot decompress block at offset %llu: %s",
@@ -586,16 +603,19 @@ out:
     return rc;
 }
 
-/* read_block, then parse; the parsed block owns its bytes. */
+/* read_block, then parse; the parsed block owns its bytes unless
+ * *borrowed says they are a view into ra's window. */
 static int read_parsed(eng_table *t, handle h, const char *what, readahead *ra,
-                       eng_block **out) {
+                       bool *borrowed, eng_block **out) {
     uint8_t *data;
     size_t len;
-    int rc = read_block(t, h, what, ra, &data, &len);
+    bool view = false;
+    int rc = read_block(t, h, what, ra, borrowed ? &view : NULL, &data, &len);
     if (rc) return rc;
-    rc = eng__block_parse(data, len, true, out);
+    if (borrowed) *borrowed = view;
+    rc = eng__block_parse(data, len, !view, out);
     if (rc) {
-        kv_free(data);
+        if (!view) kv_free(data);
         if (rc == KV_ECORRUPT)
             rc = CORRUPT(t, "malformed %s block at offset %llu", what,
                          (unsigned long long)h.off);
@@ -699,12 +719,13 @@ int eng__table_open(eng_fault *f, const char *path, uint64_t file_number,
     handle fh = get_handle(ft), ih = get_handle(ft + 16),
            ph = get_handle(ft + 32);
 
-    if ((rc = read_parsed(t, ih, "index", NULL, &t->index))) goto out;
+    if ((rc = read_parsed(t, ih, "index", NULL, NULL, &t->index))) goto out;
     if (fh.size > 0 || fh.off > 0) {
-        rc = read_block(t, fh, "filter", NULL, &t->filter, &t->filter_len);
+        rc =
+            read_block(t, fh, "filter", NULL, NULL, &t->filter, &t->filter_len);
         if (rc) goto out;
     }
-    if ((rc = read_parsed(t, ph, "properties", NULL, &pb))) goto out;
+    if ((rc = read_parsed(t, ph, "properties", NULL, NULL, &pb))) goto out;
     if ((rc = decode_props(t, pb))) goto out;
     t->props.file_size = size;
     *out = t;
@@ -742,9 +763,12 @@ static int load_block(eng_table *t, handle h, bool fill_cache, readahead *ra,
         return CORRUPT(t, "bad data block handle (offset %llu, size %llu)",
                        (unsigned long long)h.off, (unsigned long long)h.size);
     eng_block *b;
-    int rc = read_parsed(t, h, "data", ra, &b);
+    bool borrowed = false;
+    int rc = read_parsed(t, h, "data", ra, ra ? &borrowed : NULL, &b);
     if (rc) return rc;
-    if (t->cache && fill_cache) {
+    /* A block read by a scan is a view into its readahead window: used
+     * once and not cached, so a scan neither copies nor evicts hot blocks. */
+    if (t->cache && fill_cache && !borrowed) {
         *ch = eng__cache_insert(t->cache, t->number, h.off, b,
                                 eng__block_charge(b), block_deleter);
         if (!*ch) return -ENOMEM; /* b was freed by the deleter */
