@@ -84,7 +84,12 @@ static inline kv_slice kv_slice_str(const char *s) {
     return kv_slice_make(s, strlen(s));
 }
 /* memcmp order; a proper prefix sorts first. */
-int kv_slice_cmp(kv_slice a, kv_slice b);
+static inline int kv_slice_cmp(kv_slice a, kv_slice b) {
+    size_t n = a.len < b.len ? a.len : b.len;
+    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
+    if (c != 0) return c;
+    return a.len < b.len ? -1 : (a.len > b.len ? 1 : 0);
+}
 static inline bool kv_slice_eq(kv_slice a, kv_slice b) {
     return a.len == b.len && (a.len == 0 || memcmp(a.ptr, b.ptr, a.len) == 0);
 }

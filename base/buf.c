@@ -4,13 +4,6 @@
  */
 #include "base/base.h"
 
-int kv_slice_cmp(kv_slice a, kv_slice b) {
-    size_t n = a.len < b.len ? a.len : b.len;
-    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
-    if (c != 0) return c;
-    return a.len < b.len ? -1 : (a.len > b.len ? 1 : 0);
-}
-
 void kv_buf_init(kv_buf *b) {
     b->ptr = NULL;
     b->len = 0;

@@ -98,6 +98,11 @@ static node *find_ge(eng_memtable *m, const target *t,
     node *bigger = NULL; /* last node found >= t: no need to compare again */
     for (;;) {
         node *nx = atomic_load_explicit(&links[level], memory_order_acquire);
+        /* Fetch the node after nx while nx is compared: the search is a
+         * chain of cache misses, and this overlaps two of them. */
+        if (nx)
+            __builtin_prefetch(
+                atomic_load_explicit(&nx->next[level], memory_order_relaxed));
         if (nx && nx != bigger && node_cmp(nx, t) < 0) {
             links = nx->next;
             continue;
