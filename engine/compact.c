@@ -584,8 +584,15 @@ int eng__compact_manual(eng_db *db, const kv_slice *begin,
         eng_version *v = db->current;
         eng__version_ref(v);
         pthread_mutex_unlock(&db->mu);
-        for (int i = 0; i < v->nfiles[level] && rc == 0; i++)
-            if (overlaps(v->files[level][i], begin, end))
+        bool any = false;
+        for (int i = 0; i < v->nfiles[level]; i++)
+            any |= overlaps(v->files[level][i], begin, end);
+        /* Level-0 tables overlap each other: moving only those that touch
+         * the range down could leave an older version of one of their keys
+         * in level 0, above the newer one, and a get would return it. So
+         * level 0 moves down whole, as in background compactions. */
+        for (int i = 0; any && i < v->nfiles[level] && rc == 0; i++)
+            if (level == 0 || overlaps(v->files[level][i], begin, end))
                 rc = add_input(&c, 0, v->files[level][i]);
         if (rc == 0 && c.nin[0] > 0) rc = add_overlapping_below(v, &c);
         eng__version_unref(v);

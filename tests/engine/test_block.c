@@ -8,17 +8,11 @@
  * ASan sees any overrun). Format: docs/engine-format.md, "Sorted tables".
  */
 #include "engine/engine_int.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#define OK(expr)                                                               \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        cr_assert_eq(rc_, 0, "%s returned %d (%s)", #expr, rc_,                \
-                     kv_strerror(rc_));                                        \
-    } while (0)
 
 static void teardown(void) {
     kv_alloc_fail_after(-1);

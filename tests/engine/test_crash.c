@@ -17,10 +17,10 @@
  * cycles; QFS_CRASH_CYCLES raises the cycle count, QFS_SEED replays.
  */
 #include "engine/engine.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -66,18 +66,8 @@ static char g_dir[PATH_MAX];
 static pid_t g_child = -1;
 static int g_pipe = -1;
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static void setup(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/qfs-crash-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp failed");
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-crash");
 }
 
 /* Runs after a failed assertion too: no child may outlive the test. */
@@ -89,17 +79,8 @@ static void teardown(void) {
     }
     if (g_pipe >= 0) close(g_pipe);
     g_pipe = -1;
-    if (g_dir[0]) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (g_dir[0]) rm_tree(g_dir);
     g_dir[0] = '\0';
-}
-
-static uint64_t mix64(uint64_t x) {
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    x *= UINT64_C(0xc4ceb9fe1a85ec53);
-    x ^= x >> 33;
-    return x;
 }
 
 static void small_opts(eng_options *o) {

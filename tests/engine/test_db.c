@@ -12,9 +12,9 @@
  * on it.
  */
 #include "engine/engine.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -28,40 +28,15 @@
 
 static char g_dir[PATH_MAX];
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static void setup(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/qfs-dbtest-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp failed");
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-dbtest");
 }
 
 static void teardown(void) {
     kv_alloc_fail_after(-1);
-    if (g_dir[0]) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (g_dir[0]) rm_tree(g_dir);
     g_dir[0] = '\0';
 }
-
-#define OK(expr)                                                               \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        cr_assert_eq(rc_, 0, "%s returned %d (%s)", #expr, rc_,                \
-                     kv_strerror(rc_));                                        \
-    } while (0)
-
-#define EXPECT_RC(expr, want)                                                  \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        cr_assert_eq(rc_, (want), "%s returned %d (%s), expected %d (%s)",     \
-                     #expr, rc_, kv_strerror(rc_), (int)(want),                \
-                     kv_strerror(want));                                       \
-    } while (0)
 
 static eng_db *open_db(const eng_options *o) {
     eng_db *db = NULL;
@@ -94,15 +69,6 @@ static void small_opts(eng_options *o, eng_compaction_style style) {
 
 /* Deterministic value bytes for (id, version); length from the same seed
  * unless len is given (>= 0). */
-static uint64_t mix64(uint64_t x) {
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    x *= UINT64_C(0xc4ceb9fe1a85ec53);
-    x ^= x >> 33;
-    return x;
-}
-
 static size_t gen_value(uint8_t *out, size_t cap, uint64_t id, uint64_t version,
                         long len) {
     uint64_t s = mix64(id * 1000003u + version + 1);

@@ -13,11 +13,11 @@
  * returns an error, and the store reopens with every acknowledged write.
  */
 #include "engine/engine.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -28,31 +28,9 @@
 
 static char g_dir[PATH_MAX];
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-static void rm_tree(const char *p) {
-    nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Injected faults make the engine log errors by the hundred; they are
- * expected, so they are dropped unless QFS_TEST_LOG is set. */
-static void drop_log(kv_log_level lvl, const char *line, void *arg) {
-    (void)lvl;
-    (void)line;
-    (void)arg;
-}
-
 static void setup(void) {
-    if (!getenv("QFS_TEST_LOG")) kv_log_set_sink(drop_log, NULL);
-    snprintf(g_dir, sizeof g_dir, "/tmp/qfs-faults-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp failed");
+    quiet_log();
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-faults");
 }
 
 static void teardown(void) {
@@ -70,13 +48,6 @@ static eng_fault *new_fault(void) {
 }
 
 TestSuite(faults, .init = setup, .fini = teardown, .timeout = 300);
-
-#define OK(expr)                                                               \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        cr_assert_eq(rc_, 0, "%s returned %d (%s)", #expr, rc_,                \
-                     kv_strerror(rc_));                                        \
-    } while (0)
 
 /* ---- files ---- */
 
@@ -206,16 +177,27 @@ static void cut(const char *path, uint64_t len) {
     cr_assert_eq(truncate(path, (off_t)len), 0, "truncate %s", path);
 }
 
-/* ---- data ---- */
-
-static uint64_t mix64(uint64_t x) {
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    x *= UINT64_C(0xc4ceb9fe1a85ec53);
-    x ^= x >> 33;
-    return x;
+/* Replace trial by a copy of src, then flip one bit of the copy's file
+ * name. */
+static void copy_and_flip(const char *src, const char *trial, const char *name,
+                          uint64_t off, int bit) {
+    char p[PATH_MAX];
+    copy_tree(src, trial);
+    in_dir(p, trial, name);
+    flip_bit(p, off, bit);
 }
+
+/* Replace trial by a copy of src, then cut the copy's file name to len
+ * bytes. */
+static void copy_and_cut(const char *src, const char *trial, const char *name,
+                         uint64_t len) {
+    char p[PATH_MAX];
+    copy_tree(src, trial);
+    in_dir(p, trial, name);
+    cut(p, len);
+}
+
+/* ---- data ---- */
 
 static kv_slice key_of(char *buf, unsigned i) {
     return kv_slice_make(buf, (size_t)snprintf(buf, 32, "f%06u", i));
@@ -350,10 +332,7 @@ Test(faults, wal_truncated_anywhere_recovers_a_prefix) {
     int last = 0;
     char what[96];
     for (int t = 0; t < noffs; t++) {
-        copy_tree(src, trial);
-        char tl[PATH_MAX];
-        in_dir(tl, trial, logname);
-        cut(tl, offs[t]);
+        copy_and_cut(src, trial, logname, offs[t]);
         snprintf(what, sizeof what, "WAL cut at %" PRIu64 " of %" PRIu64,
                  offs[t], size);
         int rc;
@@ -387,10 +366,7 @@ Test(faults, wal_bit_flip_before_valid_records_is_corruption) {
     for (int t = 0; t < 24; t++) {
         uint64_t off = 32 + (size - 32 - 700) * (uint64_t)t / 23;
         int bit = (t * 3) % 8;
-        copy_tree(src, trial);
-        char tl[PATH_MAX];
-        in_dir(tl, trial, logname);
-        flip_bit(tl, off, bit);
+        copy_and_flip(src, trial, logname, off, bit);
         eng_options o;
         eng_options_init(&o);
         eng_db *db;
@@ -404,10 +380,7 @@ Test(faults, wal_bit_flip_before_valid_records_is_corruption) {
 
     /* The header: refused, or (an unchecked byte) everything intact. */
     for (uint64_t off = 0; off < 32; off += 3) {
-        copy_tree(src, trial);
-        char tl[PATH_MAX];
-        in_dir(tl, trial, logname);
-        flip_bit(tl, off, (int)(off % 8));
+        copy_and_flip(src, trial, logname, off, (int)(off % 8));
         eng_options o;
         eng_options_init(&o);
         eng_db *db;
@@ -539,10 +512,7 @@ static void sst_bit_flips(int compression) {
      * are small and at the end); flip bits across the first 70%. */
     for (int t = 0; t < 12; t++) {
         uint64_t off = 1 + size * 7 / 10 * (uint64_t)t / 12;
-        copy_tree(src, trial);
-        char tp[PATH_MAX];
-        in_dir(tp, trial, name);
-        flip_bit(tp, off, t % 8);
+        copy_and_flip(src, trial, name, off, t % 8);
         snprintf(what, sizeof what,
                  "sst bit %d flipped at %" PRIu64 "/%" PRIu64, t % 8, off,
                  size);
@@ -555,10 +525,7 @@ static void sst_bit_flips(int compression) {
     int noticed = 0;
     for (int t = 0; t < 24; t++) {
         uint64_t off = size * 7 / 10 + (size * 3 / 10 - 1) * (uint64_t)t / 23;
-        copy_tree(src, trial);
-        char tp[PATH_MAX];
-        in_dir(tp, trial, name);
-        flip_bit(tp, off, (t * 5) % 8);
+        copy_and_flip(src, trial, name, off, (t * 5) % 8);
         snprintf(what, sizeof what,
                  "sst bit %d flipped at %" PRIu64 "/%" PRIu64, (t * 5) % 8, off,
                  size);
@@ -586,10 +553,7 @@ Test(faults, sst_truncated_or_missing) {
     uint64_t size = file_size(sp);
     const uint64_t lens[] = {0, 1, 20, size / 2, size - 60, size - 8, size - 1};
     for (size_t t = 0; t < KV_ARRAY_LEN(lens); t++) {
-        copy_tree(src, trial);
-        char tp[PATH_MAX];
-        in_dir(tp, trial, name);
-        cut(tp, lens[t]);
+        copy_and_cut(src, trial, name, lens[t]);
         snprintf(what, sizeof what, "sst cut to %" PRIu64 "/%" PRIu64, lens[t],
                  size);
         int corrupt = read_damaged(trial, what, false);
@@ -694,10 +658,7 @@ Test(faults, manifest_and_current_damage) {
                               32 + (size - 32) / 3,
                               32 + (size - 32) / 2};
     for (size_t t = 0; t < KV_ARRAY_LEN(flips); t++) {
-        copy_tree(src, trial);
-        char tm[PATH_MAX];
-        in_dir(tm, trial, mname);
-        flip_bit(tm, flips[t], (int)(t % 8));
+        copy_and_flip(src, trial, mname, flips[t], (int)(t % 8));
         snprintf(what, sizeof what,
                  "manifest bit flipped at %" PRIu64 "/%" PRIu64, flips[t],
                  size);
@@ -705,10 +666,7 @@ Test(faults, manifest_and_current_damage) {
     }
     /* The header. */
     for (uint64_t off = 0; off < 32; off += 5) {
-        copy_tree(src, trial);
-        char tm[PATH_MAX];
-        in_dir(tm, trial, mname);
-        flip_bit(tm, off, 1);
+        copy_and_flip(src, trial, mname, off, 1);
         snprintf(what, sizeof what, "manifest header bit flipped at %" PRIu64,
                  off);
         eng_options o;
@@ -734,20 +692,14 @@ Test(faults, manifest_and_current_damage) {
      * like a torn last edit: then no wrong values. */
     const uint64_t cuts[] = {0, 16, 31, 32, 40};
     for (size_t t = 0; t < KV_ARRAY_LEN(cuts); t++) {
-        copy_tree(src, trial);
-        char tm[PATH_MAX];
-        in_dir(tm, trial, mname);
-        cut(tm, cuts[t]);
+        copy_and_cut(src, trial, mname, cuts[t]);
         snprintf(what, sizeof what, "manifest cut to %" PRIu64 "/%" PRIu64,
                  cuts[t], size);
         manifest_damage(trial, what, false);
     }
     const uint64_t late_cuts[] = {size / 2, size - 1};
     for (size_t t = 0; t < KV_ARRAY_LEN(late_cuts); t++) {
-        copy_tree(src, trial);
-        char tm[PATH_MAX];
-        in_dir(tm, trial, mname);
-        cut(tm, late_cuts[t]);
+        copy_and_cut(src, trial, mname, late_cuts[t]);
         snprintf(what, sizeof what, "manifest cut to %" PRIu64 "/%" PRIu64,
                  late_cuts[t], size);
         manifest_damage(trial, what, true);

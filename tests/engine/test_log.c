@@ -6,11 +6,11 @@
  * checked byte for byte without keeping copies.
  */
 #include "engine/engine_int.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -38,8 +38,8 @@ static void capture(kv_log_level lvl, const char *line, void *arg) {
 }
 
 static void setup(void) {
-    char t[] = "/tmp/qfs-test-log-XXXXXX";
-    cr_assert_not_null(mkdtemp(t));
+    char t[64];
+    make_tmpdir(t, sizeof t, "qfs-test-log");
     char real[PATH_MAX];
     cr_assert_not_null(realpath(t, real));
     cr_assert_lt(strlen(real), sizeof tmpdir);
@@ -47,17 +47,9 @@ static void setup(void) {
     kv_log_set_sink(capture, NULL);
 }
 
-static int rm_entry(const char *p, const struct stat *st, int flag,
-                    struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 static void teardown(void) {
     kv_alloc_fail_after(-1);
-    nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    rm_tree(tmpdir);
 }
 
 TestSuite(log, .init = setup, .fini = teardown);

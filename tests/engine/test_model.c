@@ -13,9 +13,9 @@
  * its length. Every mismatch names the seed, the step and the key.
  */
 #include "engine/engine.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -63,25 +63,15 @@ typedef struct ctx {
 
 static char g_dir[PATH_MAX];
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static void setup(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/qfs-model-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp failed");
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-model");
 }
 
 static void free_model(void);
 
 static void teardown(void) {
     free_model();
-    if (g_dir[0]) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (g_dir[0]) rm_tree(g_dir);
     g_dir[0] = '\0';
 }
 

@@ -5,6 +5,7 @@
  * create a table over an existing WAL).
  */
 #include "engine/engine.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -15,20 +16,13 @@
 
 static char g_dir[64];
 
-static void drop_log(kv_log_level lvl, const char *line, void *arg) {
-    (void)lvl, (void)line, (void)arg;
-}
-
 static void setup(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/qfs-recovery-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir));
-    if (!getenv("QFS_TEST_LOG")) kv_log_set_sink(drop_log, NULL);
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-recovery");
+    quiet_log();
 }
 
 static void teardown(void) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    cr_assert_eq(system(cmd), 0);
+    rm_tree(g_dir);
 }
 
 TestSuite(recovery, .init = setup, .fini = teardown);

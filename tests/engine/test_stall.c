@@ -4,6 +4,7 @@
  * growing without limit; and nothing written is lost on the way.
  */
 #include "engine/engine.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -14,14 +15,11 @@
 static char g_dir[64];
 
 static void setup(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/qfs-stall-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir));
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-stall");
 }
 
 static void teardown(void) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    cr_assert_eq(system(cmd), 0);
+    rm_tree(g_dir);
 }
 
 TestSuite(stall, .init = setup, .fini = teardown, .timeout = 120);

@@ -16,29 +16,15 @@
  * rely on its footer layout).
  */
 #include "engine/engine_int.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define OK(expr)                                                               \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        cr_assert_eq(rc_, 0, "%s returned %d (%s)", #expr, rc_,                \
-                     kv_strerror(rc_));                                        \
-    } while (0)
-
-#define EXPECT_RC(expr, want)                                                  \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        cr_assert_eq(rc_, (want), "%s returned %d (%s), expected %d (%s)",     \
-                     #expr, rc_, kv_strerror(rc_), (want), kv_strerror(want)); \
-    } while (0)
 
 /* ---- fixture: temporary directory and a log sink ---- */
 
@@ -53,18 +39,8 @@ static void capture(kv_log_level lvl, const char *line, void *arg) {
     g_log_lines++;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static void setup(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/qfs-tabletest-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir));
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-tabletest");
     g_last_log[0] = '\0';
     g_log_lines = 0;
     kv_log_set_sink(capture, NULL);
@@ -73,7 +49,7 @@ static void setup(void) {
 static void teardown(void) {
     kv_alloc_fail_after(-1);
     kv_log_set_sink(NULL, NULL);
-    if (g_dir[0]) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (g_dir[0]) rm_tree(g_dir);
     g_dir[0] = '\0';
 }
 
@@ -238,6 +214,18 @@ static void build(const char *path, const eng_table_opts *o, const model *m) {
     cr_assert_eq(p.entries, m->n);
     cr_assert_eq(p.file_size, file_size(path));
     eng__props_release(&p);
+}
+
+/* A model of nuser keys without big values, built into the test directory
+ * as name (compression level 1, 10 bloom bits per key); returns its path
+ * (from path_of). */
+static const char *build_small(model *m, int nuser, const char *name,
+                               size_t block_bytes) {
+    gen_model(m, nuser, false);
+    const char *p = path_of(name);
+    eng_table_opts o = topts(block_bytes, 1, 10);
+    build(p, &o, m);
+    return p;
 }
 
 static bool value_is(kv_slice got, const entry *e) {
@@ -616,10 +604,7 @@ Test(table, misuse_is_rejected_without_damage) {
 
 Test(table, cache_is_filled_by_gets_and_not_by_compaction_reads) {
     model m;
-    gen_model(&m, 3000, false);
-    const char *p = path_of("c.sst");
-    eng_table_opts o = topts(1024, 1, 10);
-    build(p, &o, &m);
+    const char *p = build_small(&m, 3000, "c.sst", 1024);
     eng_cache *c;
     OK(eng__cache_new(64u << 20, &c));
     eng_table *t;
@@ -707,10 +692,7 @@ static void *reader(void *p) {
 
 Test(table, concurrent_readers_share_table_and_cache) {
     model m;
-    gen_model(&m, 3000, false);
-    const char *p = path_of("cc.sst");
-    eng_table_opts o = topts(1024, 1, 10);
-    build(p, &o, &m);
+    const char *p = build_small(&m, 3000, "cc.sst", 1024);
     eng_cache *c;
     OK(eng__cache_new(32u << 10, &c)); /* small: constant eviction */
     eng_table *t;
@@ -770,10 +752,7 @@ static bool read_back_tolerant(const char *path, const model *m) {
 
 Test(table, every_13th_byte_flipped_reads_right_or_reports_corruption) {
     model m;
-    gen_model(&m, 80, false);
-    const char *p = path_of("src.sst");
-    eng_table_opts o = topts(256, 1, 10);
-    build(p, &o, &m);
+    const char *p = build_small(&m, 80, "src.sst", 256);
     kv_buf img = KV_BUF_INIT;
     read_file(p, &img);
     char q[PATH_MAX + 64];
@@ -797,10 +776,7 @@ Test(table, every_13th_byte_flipped_reads_right_or_reports_corruption) {
 
 Test(table, checksum_mismatch_is_logged_with_path_and_offset) {
     model m;
-    gen_model(&m, 200, false);
-    const char *p = path_of("000009.sst");
-    eng_table_opts o = topts(512, 1, 10);
-    build(p, &o, &m);
+    const char *p = build_small(&m, 200, "000009.sst", 512);
     kv_buf img = KV_BUF_INIT;
     read_file(p, &img);
     img.ptr[3] ^= 0x10; /* inside the first data block */
@@ -833,10 +809,7 @@ Test(table, checksum_mismatch_is_logged_with_path_and_offset) {
 
 Test(table, truncated_table_fails_to_open) {
     model m;
-    gen_model(&m, 300, false);
-    const char *p = path_of("t.sst");
-    eng_table_opts o = topts(512, 1, 10);
-    build(p, &o, &m);
+    const char *p = build_small(&m, 300, "t.sst", 512);
     kv_buf img = KV_BUF_INIT;
     read_file(p, &img);
     char q[PATH_MAX + 64];
@@ -866,10 +839,7 @@ static void set_version(kv_buf *img, uint32_t v) {
 
 Test(table, unknown_version_and_bad_magic) {
     model m;
-    gen_model(&m, 50, false);
-    const char *p = path_of("x.sst");
-    eng_table_opts o = topts(512, 1, 10);
-    build(p, &o, &m);
+    const char *p = build_small(&m, 50, "x.sst", 512);
     kv_buf img = KV_BUF_INIT;
     read_file(p, &img);
     eng_table *t;
@@ -946,10 +916,7 @@ Test(table, write_and_sync_failures_during_build) {
 
 Test(table, read_failures_are_io_errors_not_corruption) {
     model m;
-    gen_model(&m, 500, false);
-    const char *p = path_of("r.sst");
-    eng_table_opts o = topts(1024, 1, 10);
-    build(p, &o, &m);
+    const char *p = build_small(&m, 500, "r.sst", 1024);
     eng_fault *f;
     OK(eng_fault_new(&f));
     eng_table *t;

@@ -12,11 +12,11 @@
  * count failures for the main thread to check.
  */
 #include "engine/engine.h"
+#include "tests/testutil.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,33 +27,16 @@
 
 static char g_dir[PATH_MAX];
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static void setup(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/qfs-tcache-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp failed");
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-tcache");
 }
 
 static void teardown(void) {
-    if (g_dir[0]) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (g_dir[0]) rm_tree(g_dir);
     g_dir[0] = '\0';
 }
 
 TestSuite(tcache, .init = setup, .fini = teardown, .timeout = 120);
-
-#define OK(expr)                                                               \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        cr_assert_eq(rc_, 0, "%s returned %d (%s)", #expr, rc_,                \
-                     kv_strerror(rc_));                                        \
-    } while (0)
 
 /* Descriptors besides open tables that a quiet store may hold: the WAL,
  * the MANIFEST and the LOCK file, plus one spare. */
@@ -86,15 +69,6 @@ static void tc_opts(eng_options *o, int max_open_tables) {
     o->l0_compaction_trigger = 4;
     o->level1_bytes = 64u << 20;
     o->max_open_tables = max_open_tables;
-}
-
-static uint64_t mix64(uint64_t x) {
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    x *= UINT64_C(0xc4ceb9fe1a85ec53);
-    x ^= x >> 33;
-    return x;
 }
 
 static kv_slice key_of(char *buf, int i) {
