@@ -602,7 +602,3 @@ int eng__compact_manual(eng_db *db, const kv_slice *begin,
     pthread_mutex_unlock(&db->compact_mu);
     return rc;
 }
-
-bool eng__needs_compaction(eng_db *db) {
-    return eng__compaction_debt(db) > 0;
-}

@@ -1002,18 +1002,13 @@ int eng_db_stats(eng_db *db, eng_stats *s) {
         s->live_table_bytes += v->level_bytes[l];
         if (l > 0 && v->level_bytes[l] > 0) largest_run = v->level_bytes[l];
     }
+    bool bottom_empty = largest_run == 0;
     /* Space amplification is estimated as RocksDB does: all table bytes
-     * over the bytes of the largest sorted run (the bottom level when
-     * leveled, the largest table when tiered). */
-    for (int i = 0; largest_run == 0 && i < v->nfiles[0]; i++)
+     * over the bytes of the largest sorted run: the bottom level when
+     * leveled, else (tiered, or all data still in L0) the largest table. */
+    for (int i = 0; bottom_empty && i < v->nfiles[0]; i++)
         if (v->files[0][i]->size > largest_run)
             largest_run = v->files[0][i]->size;
-    if (db->opt.style == ENG_COMPACT_TIERED) {
-        largest_run = 0;
-        for (int i = 0; i < v->nfiles[0]; i++)
-            if (v->files[0][i]->size > largest_run)
-                largest_run = v->files[0][i]->size;
-    }
     if (largest_run)
         s->space_amp = (double)s->live_table_bytes / (double)largest_run;
     s->compaction_debt_bytes = eng__compaction_debt(db);

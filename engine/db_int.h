@@ -218,7 +218,6 @@ int eng__compact_manual(eng_db *db, const kv_slice *begin, const kv_slice *end);
 /* Write the iterator's entries to new table(s) at level; used by flush. */
 int eng__write_level0(eng_db *db, eng_memtable *m, eng_vedit *e);
 uint64_t eng__compaction_debt(eng_db *db);   /* [mu] */
-bool eng__needs_compaction(eng_db *db);      /* [mu] */
 uint64_t eng__smallest_snapshot(eng_db *db); /* [mu] */
 
 /* db.c */
