@@ -780,18 +780,33 @@ out:
     return rc;
 }
 
+/* What a read sees: a sequence number and references on the memtables and
+ * version that hold everything up to it. */
+typedef struct read_view {
+    uint64_t seq;
+    eng_memtable *mem, *imm;
+    eng_version *v;
+} read_view;
+
+static read_view pin_view(eng_db *db, const eng_snapshot *snap) {
+    pthread_mutex_lock(&db->mu);
+    read_view r = {snap ? snap->seq : db->last_seq, db->mem, db->imm,
+                   db->current};
+    eng__mem_ref(r.mem);
+    if (r.imm) eng__mem_ref(r.imm);
+    eng__version_ref(r.v);
+    pthread_mutex_unlock(&db->mu);
+    return r;
+}
+
 int eng_db_get(eng_db *db, const eng_snapshot *snap, kv_slice key,
                kv_buf *val) {
     if (!db || !val) return -EINVAL;
     if (key.len > ENG_MAX_KEY) return KV_ENOTFOUND;
-    pthread_mutex_lock(&db->mu);
-    uint64_t seq = snap ? snap->seq : db->last_seq;
-    eng_memtable *mem = db->mem, *imm = db->imm;
-    eng_version *v = db->current;
-    eng__mem_ref(mem);
-    if (imm) eng__mem_ref(imm);
-    eng__version_ref(v);
-    pthread_mutex_unlock(&db->mu);
+    read_view r = pin_view(db, snap);
+    uint64_t seq = r.seq;
+    eng_memtable *mem = r.mem, *imm = r.imm;
+    eng_version *v = r.v;
     eng__ctr_add(&db->c.gets, 1);
     int type = ENG_TYPE_DEL;
     int rc = eng__mem_get(mem, key, seq, &type, val);
@@ -837,16 +852,9 @@ uint64_t eng__smallest_snapshot(eng_db *db) {
 int eng_iter_new(eng_db *db, const eng_snapshot *snap, eng_iter **out) {
     *out = NULL;
     if (!db) return -EINVAL;
-    pthread_mutex_lock(&db->mu);
-    uint64_t seq = snap ? snap->seq : db->last_seq;
-    eng_memtable *mem = db->mem, *imm = db->imm;
-    eng_version *v = db->current;
-    eng__mem_ref(mem);
-    if (imm) eng__mem_ref(imm);
-    eng__version_ref(v);
-    pthread_mutex_unlock(&db->mu);
+    read_view r = pin_view(db, snap);
     /* The iterator takes over the references, also on failure. */
-    return eng__db_iter_new(db, seq, mem, imm, v, out);
+    return eng__db_iter_new(db, r.seq, r.mem, r.imm, r.v, out);
 }
 
 /* ---- flush ---- */
