@@ -616,19 +616,20 @@ static int write_rep(eng_db *db, kv_slice rep, int wflags) {
         /* Only the leader touches the log and inserts into mem. */
         kv_slice g = kv_buf_slice(&db->group);
         rc = eng__logw_add(log, g);
-        if (rc == 0) eng__ctr_add(&db->c.wal_bytes, g.len);
+        /* A failed append was cut back: the record is not in the WAL. */
+        bool appended = rc == 0;
+        if (appended) eng__ctr_add(&db->c.wal_bytes, g.len);
         if (rc == 0 && w.sync != ENG_SYNC_NONE) {
             rc = eng__logw_sync(log);
             eng__ctr_add(&db->c.syncs, 1);
         }
-        int logrc = rc;
         insert_ctx ins = {mem, 0};
         if (rc == 0) rc = eng__batch_iterate(g, insert_op, &ins);
         pthread_mutex_lock(&db->mu);
         if (rc == 0) {
             db->last_seq = seq + count - 1;
             eng__ctr_add(&db->c.user_bytes, ins.user_bytes);
-        } else if (logrc == 0 || w.sync != ENG_SYNC_NONE) {
+        } else if (appended) {
             /* The record may be in the WAL (a failed fsync leaves it
              * unknown; a failed insert leaves it logged but not applied):
              * taking further writes would let sequence numbers or the
