@@ -287,6 +287,22 @@ static uint64_t peak_rss_kb(void) {
     return kb;
 }
 
+/* Resident pages that are not file-backed or shared, in KiB: the heap,
+ * memtables and caches, without table pages an engine maps (which the
+ * kernel can drop at any time and VmHWM counts). 0 if unreadable. */
+static uint64_t anon_rss_kb(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size, resident, shared;
+    uint64_t kb = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%llu %llu %llu", &size, &resident, &shared) == 3 &&
+        resident >= shared)
+        kb = (uint64_t)(resident - shared) * (uint64_t)sysconf(_SC_PAGESIZE) /
+             1024;
+    fclose(f);
+    return kb;
+}
+
 /* Start a new VmHWM window (Linux >= 4.0); harmless where refused. */
 static bool reset_peak_rss(void) {
     int fd = open("/proc/self/clear_refs", O_WRONLY);
@@ -839,7 +855,7 @@ typedef struct result {
     double secs, ops_per_sec, mb_per_sec, p50, p99, p999;
     bool capped;
     double write_amp, read_amp, space_amp, space_amp_tables, bloom_fp;
-    uint64_t peak_rss_kb, mem_bytes, table_bytes;
+    uint64_t peak_rss_kb, peak_anon_kb, mem_bytes, table_bytes;
 } result;
 
 typedef struct run {
@@ -848,9 +864,23 @@ typedef struct run {
     const char *vbuf;
     uint64_t deadline; /* now_ns() value, 0: none */
     uint64_t seed;
-    atomic_bool failed, capped;
+    atomic_bool failed, capped, done;
+    atomic_uint_least64_t peak_anon_kb; /* sampled while the run lasts */
     pthread_barrier_t bar;
 } run;
+
+/* Peak anonymous memory has no kernel counter: sample it every 10 ms. */
+static void *anon_sampler(void *arg) {
+    run *r = arg;
+    while (!atomic_load(&r->done)) {
+        uint64_t kb = anon_rss_kb();
+        if (kb > atomic_load(&r->peak_anon_kb))
+            atomic_store(&r->peak_anon_kb, kb);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
 
 typedef struct worker {
     run *r;
@@ -1063,9 +1093,9 @@ static void print_json(const store *st, const result *r) {
     json_num(stdout, "space_amp", r->space_amp);
     json_num(stdout, "space_amp_tables", r->space_amp_tables);
     json_num(stdout, "bloom_fp_rate", r->bloom_fp);
-    printf(",\"peak_rss_kb\":%" PRIu64 ",\"mem_bytes\":%" PRIu64
-           ",\"table_bytes\":%" PRIu64,
-           r->peak_rss_kb, r->mem_bytes, r->table_bytes);
+    printf(",\"peak_rss_kb\":%" PRIu64 ",\"peak_anon_kb\":%" PRIu64
+           ",\"mem_bytes\":%" PRIu64 ",\"table_bytes\":%" PRIu64,
+           r->peak_rss_kb, r->peak_anon_kb, r->mem_bytes, r->table_bytes);
     printf(",\"memtable_mb\":%zu,\"cache_mb\":%zu,\"bloom_bits\":%d,"
            "\"compression\":\"%s\"}\n",
            st->o.memtable_bytes >> 20, st->o.cache_bytes >> 20,
@@ -1073,16 +1103,16 @@ static void print_json(const store *st, const result *r) {
 }
 
 static const char *row_fmt = "%-9s %-16s %7s %6s %10s %11s %8s %9s %9s %9s "
-                             "%8s\n";
+                             "%8s %8s\n";
 
 static void print_row_header(void) {
     printf(row_fmt, "engine", "workload", "threads", "value", "num", "ops/s",
-           "MB/s", "p50_us", "p99_us", "p99.9_us", "rss_MiB");
+           "MB/s", "p50_us", "p99_us", "p99.9_us", "rss_MiB", "anon_MiB");
 }
 
 static void print_row(const result *r) {
     char wl[40], th[16], vs[16], num[24], ops[24], mb[24], p50[24], p99[24],
-        p999[24], rss[24];
+        p999[24], rss[24], anon[24];
     snprintf(wl, sizeof(wl), "%s%s%s%s", r->workload, r->style[0] ? ":" : "",
              r->style, r->capped ? "*" : "");
     snprintf(th, sizeof(th), "%d", r->threads);
@@ -1094,7 +1124,9 @@ static void print_row(const result *r) {
     snprintf(p99, sizeof(p99), "%.2f", r->p99);
     snprintf(p999, sizeof(p999), "%.2f", r->p999);
     snprintf(rss, sizeof(rss), "%.1f", (double)r->peak_rss_kb / 1024.0);
-    printf(row_fmt, r->engine, wl, th, vs, num, ops, mb, p50, p99, p999, rss);
+    snprintf(anon, sizeof(anon), "%.1f", (double)r->peak_anon_kb / 1024.0);
+    printf(row_fmt, r->engine, wl, th, vs, num, ops, mb, p50, p99, p999, rss,
+           anon);
 }
 
 static void print_stats_line(const result *r, const disk_stats *d) {
@@ -1105,9 +1137,9 @@ static void print_stats_line(const result *r, const disk_stats *d) {
     if (!isnan(r->space_amp_tables))
         printf(" tables/logical %.2f", r->space_amp_tables);
     if (!isnan(r->bloom_fp)) printf(" bloom_fp_rate %.4f", r->bloom_fp);
-    printf(" peak_rss %.1f MiB mem %.1f MiB tables %.1f MiB",
-           (double)r->peak_rss_kb / 1024.0, (double)r->mem_bytes / MIB,
-           (double)r->table_bytes / MIB);
+    printf(" peak_rss %.1f MiB peak_anon %.1f MiB mem %.1f MiB tables %.1f MiB",
+           (double)r->peak_rss_kb / 1024.0, (double)r->peak_anon_kb / 1024.0,
+           (double)r->mem_bytes / MIB, (double)r->table_bytes / MIB);
     if (d->have_eng)
         printf(" live_tables %" PRIu64
                " debt %.1f MiB stall %.2f s syncs %" PRIu64,
@@ -1132,6 +1164,8 @@ static int run_one(const out_ctx *oc, store *st, enum wl w, int nthreads,
     result res;
     int rc = -1, started = 0;
     uint64_t t0 = 0;
+    pthread_t sampler;
+    bool sampling = false;
 
     if (!ws || !total) goto out;
     memset(&r, 0, sizeof(r));
@@ -1167,9 +1201,12 @@ static int run_one(const out_ctx *oc, store *st, enum wl w, int nthreads,
     }
     pthread_barrier_wait(&r.bar);
     t0 = now_ns();
+    sampling = pthread_create(&sampler, NULL, anon_sampler, &r) == 0;
 join:
     for (int t = 0; t < started; t++) pthread_join(ws[t].th, NULL);
     uint64_t t1 = now_ns();
+    atomic_store(&r.done, true);
+    if (sampling) pthread_join(sampler, NULL);
     pthread_barrier_destroy(&r.bar);
     if (started < nthreads || atomic_load(&r.failed)) goto out;
 
@@ -1208,6 +1245,7 @@ join:
 
     st->ad->stats(st->db, &after);
     res.peak_rss_kb = peak_rss_kb();
+    res.peak_anon_kb = KV_MAX(atomic_load(&r.peak_anon_kb), anon_rss_kb());
     res.mem_bytes = after.mem_bytes;
     res.table_bytes = after.table_bytes;
     res.write_amp = res.read_amp = res.space_amp = NAN;

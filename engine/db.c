@@ -51,6 +51,7 @@ void eng_options_init(eng_options *o) {
     o->bloom_bits_per_key = 10;
     o->compression_level = 1;
     o->max_open_tables = 1000;
+    o->mmap_reads = true;
     o->table_bytes = 32u << 20;
     o->l0_compaction_trigger = 4;
     o->l0_slowdown_trigger = 12;

@@ -52,6 +52,8 @@ typedef struct eng_options {
     int bloom_bits_per_key;       /* default 10; 0 disables filters */
     int compression_level;        /* zstd level, default 1; 0 disables */
     int max_open_tables;          /* table cache size, default 1000 */
+    bool mmap_reads;              /* read tables through mmap, default true;
+                                   * see docs/ARCHITECTURE.md for the risk */
     uint64_t table_bytes;         /* target table size, default 32 MiB */
     int l0_compaction_trigger;    /* default 4 tables */
     int l0_slowdown_trigger;      /* default 12 tables */

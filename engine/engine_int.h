@@ -291,9 +291,11 @@ void eng__tb_free(eng_tbuilder *b); /* after finish */
 
 typedef struct eng_table eng_table;
 /* Open a finished table: reads and verifies footer, index, filter.
- * cache may be NULL (no caching). KV_ECORRUPT / KV_EVERSION logged. */
+ * cache may be NULL (no caching). With map (and no fault injector f) the
+ * file is mapped and data blocks are read through the mapping; see
+ * eng_options.mmap_reads. KV_ECORRUPT / KV_EVERSION logged. */
 int eng__table_open(eng_fault *f, const char *path, uint64_t file_number,
-                    eng_cache *cache, eng_table **out);
+                    eng_cache *cache, bool map, eng_table **out);
 void eng__table_close(eng_table *t);
 /* Point lookup of the newest entry with user key ukey and seq <= snap_seq.
  * 0 with *type, val and *found_seq (the entry's sequence; may be NULL)

@@ -17,6 +17,7 @@
 #include "engine/engine_int.h"
 
 #include <stdio.h>
+#include <sys/mman.h>
 #include <zstd.h>
 
 #define TABLE_MAGIC UINT64_C(0x454c424154534651) /* "QFSTABLE" on disk */
@@ -416,6 +417,7 @@ void eng__tb_free(eng_tbuilder *b) {
 
 struct eng_table {
     eng_file *file;
+    const uint8_t *map; /* whole file mapped read-only, or NULL: pread */
     uint64_t number;
     eng_cache *cache;
     uint64_t meta_end; /* where the footer starts: blocks end before it */
@@ -529,8 +531,9 @@ static int ra_fill(eng_table *t, readahead *ra, uint64_t off, size_t n,
 
 /* Read, verify and (if needed) decompress the block at h. On success *out
  * holds *len block bytes: a kv_malloc'd buffer the caller owns, or, when
- * borrowed is given and the bytes came from ra's window uncompressed, a view
- * into that window (*borrowed set), valid until the next read through ra. */
+ * borrowed is given and the block is stored uncompressed in the table's
+ * mapping or in ra's window, a view of those bytes (*borrowed set), valid
+ * while the table is open (mapping) or until the next read through ra. */
 static int read_block(eng_table *t, handle h, const char *what, readahead *ra,
                       bool *borrowed, uint8_t **out, size_t *len) {
     *out = NULL;
@@ -543,9 +546,17 @@ static int read_block(eng_table *t, handle h, const char *what, readahead *ra,
     uint8_t *buf = NULL, *d = NULL;
     const uint8_t *src;
     bool have = false;
-    int rc = ra ? ra_fill(t, ra, h.off, n + TRAILER_SIZE, &have) : 0;
+    /* A mapped table needs no readahead window: the kernel reads ahead
+     * on page faults, and its bytes stay valid while the table is open. */
+    int rc = ra && !t->map ? ra_fill(t, ra, h.off, n + TRAILER_SIZE, &have) : 0;
     if (rc) return rc;
-    if (have && borrowed) {
+    if (t->map && borrowed) {
+        src = t->map + h.off;
+    } else if (t->map) {
+        if (!(buf = kv_malloc(n + TRAILER_SIZE))) return -ENOMEM;
+        memcpy(buf, t->map + h.off, n + TRAILER_SIZE);
+        src = buf;
+    } else if (have && borrowed) {
         src = ra->buf + (h.off - ra->off);
     } else {
         if (!(buf = kv_malloc(n + TRAILER_SIZE))) return -ENOMEM;
@@ -671,6 +682,7 @@ out:
 
 void eng__table_close(eng_table *t) {
     if (!t) return;
+    if (t->map) munmap((void *)t->map, (size_t)t->file->size);
     eng__block_free(t->index);
     kv_free(t->filter);
     eng__props_release(&t->props);
@@ -679,7 +691,7 @@ void eng__table_close(eng_table *t) {
 }
 
 int eng__table_open(eng_fault *f, const char *path, uint64_t file_number,
-                    eng_cache *cache, eng_table **out) {
+                    eng_cache *cache, bool map, eng_table **out) {
     *out = NULL;
     eng_table *t = kv_calloc(1, sizeof *t);
     if (!t) return -ENOMEM;
@@ -716,6 +728,19 @@ int eng__table_open(eng_fault *f, const char *path, uint64_t file_number,
         goto out;
     }
     t->meta_end = size - FOOTER_SIZE;
+    /* Reads through a mapping bypass the fault layer, so a store under
+     * fault injection reads with pread. The footer is verified first: a
+     * file that is not a table is never mapped. A failed mmap (address
+     * space, limits) is not an error: the table is read with pread. */
+    if (map && !f && size <= SIZE_MAX) {
+        void *m =
+            mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, t->file->fd, 0);
+        if (m != MAP_FAILED)
+            t->map = m;
+        else
+            kv_warn(ENG_MOD, "sstable '%s': cannot map (%s); using pread", path,
+                    strerror(errno));
+    }
     handle fh = get_handle(ft), ih = get_handle(ft + 16),
            ph = get_handle(ft + 32);
 
@@ -764,10 +789,13 @@ static int load_block(eng_table *t, handle h, bool fill_cache, readahead *ra,
                        (unsigned long long)h.off, (unsigned long long)h.size);
     eng_block *b;
     bool borrowed = false;
-    int rc = read_parsed(t, h, "data", ra, ra ? &borrowed : NULL, &b);
+    int rc = read_parsed(t, h, "data", ra, ra || t->map ? &borrowed : NULL, &b);
     if (rc) return rc;
     /* A block read by a scan is a view into its readahead window: used
-     * once and not cached, so a scan neither copies nor evicts hot blocks. */
+     * once and not cached, so a scan neither copies nor evicts hot blocks.
+     * An uncompressed block of a mapped table is a view of the mapping:
+     * the page cache already holds it, and a copy in the block cache would
+     * only cost a malloc, a copy and an eviction. */
     if (t->cache && fill_cache && !borrowed) {
         *ch = eng__cache_insert(t->cache, t->number, h.off, b,
                                 eng__block_charge(b), block_deleter);

@@ -104,7 +104,8 @@ int eng__table_acquire(eng_db *db, eng_fmeta *f, eng_table **out) {
     pthread_mutex_unlock(&tc->mu);
 
     eng_table *t = NULL;
-    int rc = eng__table_open(db->fault, f->path, f->number, db->cache, &t);
+    int rc = eng__table_open(db->fault, f->path, f->number, db->cache,
+                             db->opt.mmap_reads, &t);
     if (rc) {
         kv_error(ENG_MOD, "cannot open table '%s': %s", f->path,
                  kv_strerror(rc));

@@ -354,7 +354,8 @@ static void check_iter(eng_table *t, const model *m, bool fill_cache,
 
 /* ---- round trips ---- */
 
-static void big_round_trip(int level, size_t cache_bytes, int stride) {
+static void big_round_trip(int level, size_t cache_bytes, int stride,
+                           bool map) {
     model m;
     gen_model(&m, 40000, true);
     cr_assert_gt(m.n, 99000);
@@ -365,11 +366,16 @@ static void big_round_trip(int level, size_t cache_bytes, int stride) {
     eng_cache *c = NULL;
     if (cache_bytes) OK(eng__cache_new(cache_bytes, &c));
     eng_table *t;
-    OK(eng__table_open(NULL, p, 7, c, &t));
+    OK(eng__table_open(NULL, p, 7, c, map, &t));
     /* The filter (~10 bits a key) and the index are pinned. */
     cr_assert_gt(eng__table_mem(t), 40000 * 10 / 8);
     check_gets(t, &m, stride);
-    if (c) cr_assert_gt(eng__cache_usage(c), 0);
+    /* Uncompressed blocks of a mapped table are read in place, never
+     * copied into the cache; everything else goes through it. */
+    if (c && map && level == 0)
+        cr_assert_eq(eng__cache_usage(c), 0);
+    else if (c)
+        cr_assert_gt(eng__cache_usage(c), 0);
     check_iter(t, &m, true, 97);
     eng__table_close(t);
     eng__cache_free(c);
@@ -379,11 +385,16 @@ static void big_round_trip(int level, size_t cache_bytes, int stride) {
 /* Lookups without a cache are covered by the smaller tables below (the
  * 5 MiB value too, in write_and_sync_failures_during_build). */
 Test(table, big_compressed_with_cache) {
-    big_round_trip(1, 64u << 20, 1);
+    big_round_trip(1, 64u << 20, 1, false);
 }
 
 Test(table, big_uncompressed_with_small_cache) {
-    big_round_trip(0, 1u << 20, 7);
+    big_round_trip(0, 1u << 20, 7, false);
+}
+
+Test(table, big_mapped_compressed_and_uncompressed) {
+    big_round_trip(1, 8u << 20, 3, true);
+    big_round_trip(0, 8u << 20, 3, true);
 }
 
 Test(table, compression_shrinks_compressible_tables) {
@@ -398,7 +409,7 @@ Test(table, compression_shrinks_compressible_tables) {
     cr_assert_lt(sz * 2, sr, "compressed %llu, raw %llu",
                  (unsigned long long)sz, (unsigned long long)sr);
     eng_table *t;
-    OK(eng__table_open(NULL, pz, 1, NULL, &t));
+    OK(eng__table_open(NULL, pz, 1, NULL, false, &t));
     check_gets(t, &m, 1);
     check_iter(t, &m, false, 7);
     eng__table_close(t);
@@ -461,7 +472,7 @@ Test(table, versions_spanning_many_blocks) {
     eng__props_release(&props);
 
     eng_table *t;
-    OK(eng__table_open(NULL, p, 3, NULL, &t));
+    OK(eng__table_open(NULL, p, 3, NULL, false, &t));
     kv_buf val = KV_BUF_INIT;
     int type;
     bool probed;
@@ -509,7 +520,7 @@ Test(table, empty_table) {
     cr_assert_eq(props.smallest.len, 0);
     eng__props_release(&props);
     eng_table *t;
-    OK(eng__table_open(NULL, p, 1, NULL, &t));
+    OK(eng__table_open(NULL, p, 1, NULL, false, &t));
     check_absent(t, "x", false);
     eng_iiter *it = eng__table_iter(t, true);
     it->ops->seek_first(it);
@@ -529,8 +540,8 @@ Test(table, bloom_filter_skips_absent_keys) {
     build(pf, &of, &m);
     build(pn, &on, &m);
     eng_table *tf, *tn;
-    OK(eng__table_open(NULL, pf, 1, NULL, &tf));
-    OK(eng__table_open(NULL, pn, 2, NULL, &tn));
+    OK(eng__table_open(NULL, pf, 1, NULL, false, &tf));
+    OK(eng__table_open(NULL, pn, 2, NULL, false, &tn));
     int negatives = 0;
     kv_buf val = KV_BUF_INIT;
     char k[40];
@@ -585,7 +596,7 @@ Test(table, misuse_is_rejected_without_damage) {
     eng__props_release(&props);
 
     eng_table *t;
-    OK(eng__table_open(NULL, p, 1, NULL, &t));
+    OK(eng__table_open(NULL, p, 1, NULL, false, &t));
     kv_buf val = KV_BUF_INIT;
     int type;
     bool probed;
@@ -608,7 +619,7 @@ Test(table, cache_is_filled_by_gets_and_not_by_compaction_reads) {
     eng_cache *c;
     OK(eng__cache_new(64u << 20, &c));
     eng_table *t;
-    OK(eng__table_open(NULL, p, 42, c, &t));
+    OK(eng__table_open(NULL, p, 42, c, false, &t));
     check_iter(t, &m, false, 1000);
     cr_assert_eq(eng__cache_usage(c), 0, "fill_cache=false inserted blocks");
     check_gets(t, &m, 1);
@@ -643,8 +654,8 @@ Test(table, tiny_cache_and_shared_cache) {
     eng_cache *c;
     OK(eng__cache_new(16u << 10, &c));
     eng_table *t1, *t2;
-    OK(eng__table_open(NULL, p1, 1, c, &t1));
-    OK(eng__table_open(NULL, p2, 2, c, &t2));
+    OK(eng__table_open(NULL, p1, 1, c, false, &t1));
+    OK(eng__table_open(NULL, p2, 2, c, false, &t2));
     for (int round = 0; round < 2; round++) {
         check_gets(t1, &m1, 2);
         check_gets(t2, &m2, 2);
@@ -690,13 +701,13 @@ static void *reader(void *p) {
     return NULL;
 }
 
-Test(table, concurrent_readers_share_table_and_cache) {
+static void concurrent_readers(bool map) {
     model m;
     const char *p = build_small(&m, 3000, "cc.sst", 1024);
     eng_cache *c;
     OK(eng__cache_new(32u << 10, &c)); /* small: constant eviction */
     eng_table *t;
-    OK(eng__table_open(NULL, p, 5, c, &t));
+    OK(eng__table_open(NULL, p, 5, c, map, &t));
     pthread_t th[3];
     reader_arg args[3];
     for (int i = 0; i < 3; i++) {
@@ -713,13 +724,18 @@ Test(table, concurrent_readers_share_table_and_cache) {
     free_model(&m);
 }
 
+Test(table, concurrent_readers_share_table_and_cache) {
+    concurrent_readers(false);
+    concurrent_readers(true);
+}
+
 /* ---- corruption ---- */
 
 /* Open the table at path and read everything back; any answer must be
  * right or KV_ECORRUPT. Returns whether corruption was reported. */
-static bool read_back_tolerant(const char *path, const model *m) {
+static bool read_back_tolerant(const char *path, const model *m, bool map) {
     eng_table *t;
-    int rc = eng__table_open(NULL, path, 1, NULL, &t);
+    int rc = eng__table_open(NULL, path, 1, NULL, map, &t);
     if (rc) {
         cr_assert_eq(rc, KV_ECORRUPT, "open: %d (%s)", rc, kv_strerror(rc));
         return true;
@@ -763,8 +779,10 @@ Test(table, every_13th_byte_flipped_reads_right_or_reports_corruption) {
         img.ptr[off] ^= bit;
         write_file(q, img.ptr, img.len);
         img.ptr[off] ^= bit;
-        detected += read_back_tolerant(q, &m);
-        tried++;
+        /* Through pread and through a mapping alike. */
+        detected += read_back_tolerant(q, &m, false);
+        detected += read_back_tolerant(q, &m, true);
+        tried += 2;
     }
     /* Every stored byte is under a checksum, so every flip is noticed by
      * some read (block bytes only when that block is read). */
@@ -774,7 +792,7 @@ Test(table, every_13th_byte_flipped_reads_right_or_reports_corruption) {
     free_model(&m);
 }
 
-Test(table, checksum_mismatch_is_logged_with_path_and_offset) {
+static void checksum_mismatch(bool map) {
     model m;
     const char *p = build_small(&m, 200, "000009.sst", 512);
     kv_buf img = KV_BUF_INIT;
@@ -782,7 +800,7 @@ Test(table, checksum_mismatch_is_logged_with_path_and_offset) {
     img.ptr[3] ^= 0x10; /* inside the first data block */
     write_file(p, img.ptr, img.len);
     eng_table *t;
-    OK(eng__table_open(NULL, p, 9, NULL, &t));
+    OK(eng__table_open(NULL, p, 9, NULL, map, &t));
     kv_buf val = KV_BUF_INIT;
     int type;
     bool probed;
@@ -807,6 +825,11 @@ Test(table, checksum_mismatch_is_logged_with_path_and_offset) {
     free_model(&m);
 }
 
+Test(table, checksum_mismatch_is_logged_with_path_and_offset) {
+    checksum_mismatch(false);
+    checksum_mismatch(true);
+}
+
 Test(table, truncated_table_fails_to_open) {
     model m;
     const char *p = build_small(&m, 300, "t.sst", 512);
@@ -819,11 +842,11 @@ Test(table, truncated_table_fails_to_open) {
     for (size_t i = 0; i < KV_ARRAY_LEN(cuts); i++) {
         write_file(q, img.ptr, cuts[i]);
         eng_table *t = (eng_table *)&img; /* must come back NULL */
-        EXPECT_RC(eng__table_open(NULL, q, 1, NULL, &t), KV_ECORRUPT);
+        EXPECT_RC(eng__table_open(NULL, q, 1, NULL, false, &t), KV_ECORRUPT);
         cr_assert_null(t);
         cr_assert_not_null(strstr(g_last_log, "sstable '"), "%s", g_last_log);
     }
-    EXPECT_RC(eng__table_open(NULL, path_of("missing.sst"), 1, NULL,
+    EXPECT_RC(eng__table_open(NULL, path_of("missing.sst"), 1, NULL, false,
                               &(eng_table *){NULL}),
               -ENOENT);
     kv_buf_release(&img);
@@ -846,26 +869,26 @@ Test(table, unknown_version_and_bad_magic) {
 
     set_version(&img, 2);
     write_file(p, img.ptr, img.len);
-    EXPECT_RC(eng__table_open(NULL, p, 1, NULL, &t), KV_EVERSION);
+    EXPECT_RC(eng__table_open(NULL, p, 1, NULL, false, &t), KV_EVERSION);
     cr_assert_not_null(strstr(g_last_log, "unknown format version 2"), "%s",
                        g_last_log);
 
     set_version(&img, 1);
     write_file(p, img.ptr, img.len);
-    OK(eng__table_open(NULL, p, 1, NULL, &t));
+    OK(eng__table_open(NULL, p, 1, NULL, false, &t));
     eng__table_close(t);
 
     /* The version field alone changed, checksum not resealed: corruption. */
     img.ptr[img.len - 72 + 48] = 3;
     write_file(p, img.ptr, img.len);
-    EXPECT_RC(eng__table_open(NULL, p, 1, NULL, &t), KV_ECORRUPT);
+    EXPECT_RC(eng__table_open(NULL, p, 1, NULL, false, &t), KV_ECORRUPT);
     cr_assert_not_null(strstr(g_last_log, "checksum mismatch in footer"), "%s",
                        g_last_log);
     set_version(&img, 1);
 
     img.ptr[img.len - 1] ^= 1;
     write_file(p, img.ptr, img.len);
-    EXPECT_RC(eng__table_open(NULL, p, 1, NULL, &t), KV_ECORRUPT);
+    EXPECT_RC(eng__table_open(NULL, p, 1, NULL, false, &t), KV_ECORRUPT);
     cr_assert_not_null(strstr(g_last_log, "bad magic"), "%s", g_last_log);
     kv_buf_release(&img);
     free_model(&m);
@@ -897,7 +920,7 @@ Test(table, write_and_sync_failures_during_build) {
     }
     cr_assert_gt(failures, 2, "the build made too few writes to test");
     eng_table *t;
-    OK(eng__table_open(NULL, p, 1, NULL, &t));
+    OK(eng__table_open(NULL, p, 1, NULL, false, &t));
     check_gets(t, &m, 10);
     eng__table_close(t);
 
@@ -922,10 +945,10 @@ Test(table, read_failures_are_io_errors_not_corruption) {
     eng_table *t;
     for (long k = 0; k < 4; k++) { /* footer, index, filter, props */
         eng_fault_arm(f, ENG_FAULT_READ, k, EIO, true);
-        EXPECT_RC(eng__table_open(f, p, 1, NULL, &t), -EIO);
+        EXPECT_RC(eng__table_open(f, p, 1, NULL, false, &t), -EIO);
         eng_fault_disarm(f);
     }
-    OK(eng__table_open(f, p, 1, NULL, &t));
+    OK(eng__table_open(f, p, 1, NULL, false, &t));
     eng_fault_arm(f, ENG_FAULT_READ, 0, EIO, false);
     kv_buf val = KV_BUF_INIT;
     int type;
@@ -979,7 +1002,7 @@ Test(table, allocation_failures_build_open_get_iterate) {
         long before = kv_alloc_injected_failures();
         kv_alloc_fail_after(n);
         eng_table *t = NULL;
-        int rc = eng__table_open(NULL, p, 1, NULL, &t);
+        int rc = eng__table_open(NULL, p, 1, NULL, false, &t);
         kv_buf val = KV_BUF_INIT;
         int type;
         bool probed;
