@@ -52,6 +52,7 @@ void eng_options_init(eng_options *o) {
     o->compression_level = 1;
     o->max_open_tables = 1000;
     o->mmap_reads = true;
+    o->recycle_wal = true;
     o->table_bytes = 32u << 20;
     o->l0_compaction_trigger = 4;
     o->l0_slowdown_trigger = 12;
@@ -174,8 +175,18 @@ static void delete_obsolete(eng_db *db, bool all_tables) {
     uint64_t min_log = db->min_log;
     pthread_mutex_unlock(&db->mu);
     if (list_files(db->dir, "log", &nums, &n) == 0) {
-        for (size_t i = 0; i < n && nums[i] < min_log; i++)
-            unlink_numbered(db, nums[i], "log");
+        size_t nold = 0;
+        while (nold < n && nums[nold] < min_log) nold++;
+        /* The newest obsolete WAL is kept for new_log to reuse (it is also
+         * the largest: a full memtable's worth). new_log may take the one
+         * kept before while this runs; it is then renamed, not unlinked. */
+        pthread_mutex_lock(&db->mu);
+        if (db->opt.recycle_wal && db->recycle_log == 0 && nold > 0)
+            db->recycle_log = nums[nold - 1];
+        uint64_t keep = db->recycle_log;
+        pthread_mutex_unlock(&db->mu);
+        for (size_t i = 0; i < nold; i++)
+            if (nums[i] != keep) unlink_numbered(db, nums[i], "log");
         kv_free(nums);
     }
     if (all_tables && list_files(db->dir, "sst", &nums, &n) == 0) {
@@ -240,6 +251,16 @@ static int replay_log(eng_db *db, uint64_t number, eng_memtable *mem) {
         kv_error(ENG_MOD, "cannot open wal '%s': %s", path, kv_strerror(rc));
         goto out;
     }
+    /* A WAL is renamed to its number only after its header is synced, so
+     * the header names the file's own number; anything else is a file
+     * that does not belong here, and replaying it could bring back writes
+     * that tables already hold in newer versions. */
+    if (eng__logr_lognum(r) != number) {
+        kv_error(ENG_MOD, "wal '%s': header says log %06llu", path,
+                 (unsigned long long)eng__logr_lognum(r));
+        rc = KV_ECORRUPT;
+        goto out;
+    }
     replay_ctx ctx = {db, mem};
     kv_slice rec;
     uint64_t records = 0;
@@ -260,10 +281,26 @@ out:
     return rc;
 }
 
+/* The new WAL number, in an obsolete WAL reused in place when one is kept,
+ * else in a new file. mu held. */
 static int new_log(eng_db *db, uint64_t number, eng_logw **out) {
     char *path = eng__path(db, number, "log");
     if (!path) return -ENOMEM;
-    int rc = eng__logw_create(db->fault, path, number, out);
+    int rc = 1;
+    if (db->recycle_log) {
+        char *old = eng__path(db, db->recycle_log, "log");
+        db->recycle_log = 0;
+        rc = old ? eng__logw_recycle(db->fault, old, path, number, out)
+                 : -ENOMEM;
+        if (rc == 0) eng__ctr_add(&db->c.wals_reused, 1);
+        if (rc) {
+            kv_warn(ENG_MOD, "cannot reuse wal '%s' as '%s': %s; creating it",
+                    old ? old : "?", path, kv_strerror(rc));
+            if (old) eng__env_unlink(old);
+        }
+        kv_free(old);
+    }
+    if (rc) rc = eng__logw_create(db->fault, path, number, out);
     /* The new file's directory entry must be durable before a synced write
      * in it is acknowledged. */
     if (rc == 0 && (rc = eng__env_sync_dir(db->fault, db->dir)) != 0) {
@@ -997,6 +1034,7 @@ int eng_db_stats(eng_db *db, eng_stats *s) {
     s->flushes = atomic_load(&c->flushes);
     s->compactions = atomic_load(&c->compactions);
     s->syncs = atomic_load(&c->syncs);
+    s->wals_reused = atomic_load(&c->wals_reused);
     if (s->user_bytes_written)
         s->write_amp =
             (double)(s->flush_bytes_written + s->compact_bytes_written) /
@@ -1076,11 +1114,11 @@ int eng_db_stats_format(eng_db *db, kv_buf *out) {
          (double)s.mem_bytes / 1048576.0, (double)s.memtable_bytes / 1048576.0,
          (double)s.cache_bytes / 1048576.0,
          (double)s.table_meta_bytes / 1048576.0);
-    EMIT("flushes %llu, compactions %llu, wal syncs %llu, stalled %.3f s, "
-         "slowed %.3f s\n",
+    EMIT("flushes %llu, compactions %llu, wal syncs %llu, wals reused %llu, "
+         "stalled %.3f s, slowed %.3f s\n",
          (unsigned long long)s.flushes, (unsigned long long)s.compactions,
-         (unsigned long long)s.syncs, (double)s.stall_us / 1e6,
-         (double)s.slowdown_us / 1e6);
+         (unsigned long long)s.syncs, (unsigned long long)s.wals_reused,
+         (double)s.stall_us / 1e6, (double)s.slowdown_us / 1e6);
     if (s.bg_error) EMIT("background error   %s\n", kv_strerror(s.bg_error));
 #undef EMIT
     return 0;

@@ -138,7 +138,8 @@ struct eng_snapshot {
 typedef struct eng_counters {
     _Atomic uint64_t user_bytes, wal_bytes, flush_bytes, compact_read,
         compact_written, gets, tables_probed, bloom_checked, bloom_negative,
-        bloom_fp, bloom_tp, stall_us, slowdown_us, flushes, compactions, syncs;
+        bloom_fp, bloom_tp, stall_us, slowdown_us, flushes, compactions, syncs,
+        wals_reused;
 } eng_counters;
 
 struct eng_db {
@@ -158,16 +159,17 @@ struct eng_db {
     pthread_t flush_thread, compact_thread;
     bool threads_started;
 
-    eng_memtable *mem, *imm;       /* [mu] */
-    eng_logw *log;                 /* [mu] active WAL, written by the leader */
-    uint64_t log_number;           /* [mu] number of the active WAL */
-    eng_version *current;          /* [mu] */
-    uint64_t next_file;            /* [mu] */
-    uint64_t last_seq;             /* [mu] newest visible sequence */
-    uint64_t min_log;              /* [mu] logged: WALs below are obsolete */
-    eng_logw *manifest;            /* [manifest_mu] */
-    int manifest_error;            /* [manifest_mu] sticky: edits are refused */
-    uint64_t manifest_number;      /* [manifest_mu] */
+    eng_memtable *mem, *imm;  /* [mu] */
+    eng_logw *log;            /* [mu] active WAL, written by the leader */
+    uint64_t log_number;      /* [mu] number of the active WAL */
+    eng_version *current;     /* [mu] */
+    uint64_t next_file;       /* [mu] */
+    uint64_t last_seq;        /* [mu] newest visible sequence */
+    uint64_t min_log;         /* [mu] logged: WALs below are obsolete */
+    uint64_t recycle_log;     /* [mu] an obsolete WAL kept for reuse, or 0 */
+    eng_logw *manifest;       /* [manifest_mu] */
+    int manifest_error;       /* [manifest_mu] sticky: edits are refused */
+    uint64_t manifest_number; /* [manifest_mu] */
     eng_writer *wq_head, *wq_tail; /* [mu] group-commit queue */
     eng_snapshot snaps;            /* [mu] sentinel of the snapshot list */
     bool shutting_down;            /* [mu] */

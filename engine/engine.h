@@ -54,6 +54,8 @@ typedef struct eng_options {
     int max_open_tables;          /* table cache size, default 1000 */
     bool mmap_reads;              /* read tables through mmap, default true;
                                    * see docs/ARCHITECTURE.md for the risk */
+    bool recycle_wal;             /* reuse an obsolete WAL file in place,
+                                   * default true (faster fdatasync) */
     uint64_t table_bytes;         /* target table size, default 32 MiB */
     int l0_compaction_trigger;    /* default 4 tables */
     int l0_slowdown_trigger;      /* default 12 tables */
@@ -160,7 +162,8 @@ typedef struct eng_stats {
     uint64_t level_bytes[ENG_MAX_LEVELS];
     uint64_t stall_us, slowdown_us; /* time writers waited on background work */
     uint64_t flushes, compactions;
-    uint64_t syncs; /* WAL fsyncs (group commit shares them) */
+    uint64_t syncs;       /* WAL fsyncs (group commit shares them) */
+    uint64_t wals_reused; /* new WALs written over an obsolete one */
     uint64_t last_sequence;
     int bg_error; /* last background error, 0 if none */
 } eng_stats;

@@ -154,6 +154,11 @@ typedef struct eng_logw eng_logw;
 /* Create a new log file at path with number lognum (header written). */
 int eng__logw_create(eng_fault *f, const char *path, uint64_t lognum,
                      eng_logw **out);
+/* Reuse the obsolete log at old_path as log lognum at path: its header is
+ * rewritten and synced, then it is renamed; later records overwrite the old
+ * ones. On failure nothing is renamed and the old file may be unlinked. */
+int eng__logw_recycle(eng_fault *f, const char *old_path, const char *path,
+                      uint64_t lognum, eng_logw **out);
 /* Append one record (written to the OS, not synced). On failure the file is
  * cut back to the end of the last whole record, so later appends stay valid;
  * if even that fails the writer is broken and every call returns the error. */

@@ -459,6 +459,75 @@ Test(log, recycled_file_stops_at_older_log_number) {
     cr_assert_eq(nerrors, 0, "stale records are not reported as corruption");
 }
 
+/* eng__logw_recycle: the old file becomes the new log under its new name,
+ * reads back exactly the new records, and its older tail is an expected
+ * end (no warning), not a torn tail. */
+Test(log, recycle_reuses_the_file_and_ends_quietly) {
+    char old_path[PATH_MAX], new_path[PATH_MAX];
+    mkpath(old_path, "000005.log");
+    mkpath(new_path, "000007.log");
+    size_t old_sizes[100], new_sizes[10];
+    for (int i = 0; i < 100; i++) old_sizes[i] = 60;
+    for (int i = 0; i < 10; i++) new_sizes[i] = (size_t)(i * 11 % 70 + 1);
+    write_log(old_path, 5, old_sizes, 100, NULL);
+    uint64_t old_len = file_size(old_path);
+    struct stat st_old, st_new;
+    cr_assert_eq(stat(old_path, &st_old), 0);
+
+    eng_logw *w;
+    OK(eng__logw_recycle(NULL, old_path, new_path, 7, &w));
+    cr_assert_eq(eng__logw_size(w), 32, "appends restart after the header");
+    for (int i = 0; i < 10; i++) OK(add_gen(w, 7, i, new_sizes[i]));
+    OK(eng__logw_sync(w));
+    uint64_t end = eng__logw_size(w);
+    eng__logw_close(w);
+
+    cr_assert_eq(access(old_path, F_OK), -1, "renamed away");
+    cr_assert_eq(stat(new_path, &st_new), 0);
+    cr_assert_eq(st_new.st_ino, st_old.st_ino, "the same file, reused");
+    cr_assert_eq(file_size(new_path), old_len, "overwritten, not truncated");
+    nwarns = nerrors = 0;
+    readout o = read_log(new_path, 7, new_sizes, 10);
+    cr_assert_eq(o.open_rc, 0);
+    cr_assert_eq(o.lognum, 7);
+    cr_assert_eq(o.n, 10);
+    cr_assert_eq(o.end_rc, KV_ENOTFOUND);
+    cr_assert_eq(o.valid_end, end);
+    cr_assert_eq(nwarns + nerrors, 0, "last: %s %s", last_warn, last_error);
+
+    /* Damage inside the new records is still corruption. */
+    int fd = open(new_path, O_WRONLY);
+    cr_assert_geq(fd, 0);
+    uint8_t junk = 0xA5;
+    cr_assert_eq(pwrite(fd, &junk, 1, 40), 1); /* record 0's header */
+    close(fd);
+    o = read_log(new_path, 7, new_sizes, 10);
+    cr_assert_eq(o.end_rc, KV_ECORRUPT);
+}
+
+/* A recycle that fails before the rename leaves the old file under its old
+ * (obsolete) name and no new log. */
+Test(log, failed_recycle_renames_nothing) {
+    char old_path[PATH_MAX], new_path[PATH_MAX];
+    mkpath(old_path, "000005.log");
+    mkpath(new_path, "000007.log");
+    size_t sizes[3] = {10, 20, 30};
+    int masks[3] = {ENG_FAULT_WRITE, ENG_FAULT_SYNC, ENG_FAULT_RENAME};
+    eng_fault *f;
+    OK(eng_fault_new(&f));
+    for (int k = 0; k < 3; k++) {
+        write_log(old_path, 5, sizes, 3, NULL);
+        eng_fault_arm(f, masks[k], 0, EIO, false);
+        eng_logw *w = (eng_logw *)1;
+        cr_assert_eq(eng__logw_recycle(f, old_path, new_path, 7, &w), -EIO);
+        cr_assert_null(w);
+        cr_assert_eq(access(new_path, F_OK), -1, "fault %d", k);
+        cr_assert_eq(access(old_path, F_OK), 0, "fault %d", k);
+        eng_fault_disarm(f);
+    }
+    eng_fault_free(f);
+}
+
 /* A torn record whose payload carries bytes that form a valid record of the
  * same log: the payload is user data, so the tail is still torn. */
 Test(log, record_inside_a_torn_payload_is_not_a_record) {
@@ -663,7 +732,9 @@ Test(log, file_header_checks) {
 
     write_file_header(path, "QFSLOG\r\n", 2, 0, true);
     cr_assert_eq(read_log(path, 1, NULL, 0).open_rc, KV_EVERSION);
-    write_file_header(path, "QFSLOG\r\n", 1, 1, true);
+    write_file_header(path, "QFSLOG\r\n", 1, 1, true); /* recycled */
+    cr_assert_eq(read_log(path, 1, NULL, 0).open_rc, 0);
+    write_file_header(path, "QFSLOG\r\n", 1, 2, true); /* unknown flag */
     cr_assert_eq(read_log(path, 1, NULL, 0).open_rc, KV_EVERSION);
     write_file_header(path, "QFSLOG\r\n", 1, 0, false);
     cr_assert_eq(read_log(path, 1, NULL, 0).open_rc, KV_ECORRUPT);
