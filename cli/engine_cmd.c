@@ -26,17 +26,6 @@ static int close_store(eng_db *db) {
     return rc;
 }
 
-static int read_stdin(kv_buf *b) {
-    char tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, stdin)) > 0) {
-        if (b->len + n > ENG_MAX_VALUE) return KV_ETOOLARGE;
-        int rc = kv_buf_append(b, tmp, n);
-        if (rc) return rc;
-    }
-    return ferror(stdin) ? -EIO : 0;
-}
-
 static void fmt_key(char *out, size_t n, uint64_t i) {
     snprintf(out, n, "user:%010llu", (unsigned long long)i);
 }
@@ -222,7 +211,7 @@ int cli_engine(int argc, char **argv) {
         if (argc == 3)
             rc = kv_buf_set(&val, argv[2], strlen(argv[2]));
         else
-            rc = read_stdin(&val);
+            rc = cli_read_stdin(ENG_MAX_VALUE, &val);
         if (rc == 0)
             rc = eng_db_put(db, kv_slice_str(argv[1]), kv_buf_slice(&val),
                             ENG_WF_SYNC_GROUP);

@@ -20,8 +20,29 @@ static void usage(FILE *f) {
             "  engine scan DIR [START [END]]  list keys in order\n"
             "  engine stats DIR         print the store's statistics\n"
             "  engine compact DIR       compact the whole store\n"
+            "  node --data DIR [--listen HOST:PORT] [--name NAME]\n"
+            "                           run a storage node (default listen\n"
+            "                           127.0.0.1:7000)\n"
+            "  get [--node HOST:PORT] [-n N -r R -w W] KEY\n"
+            "                           print KEY's value or its siblings\n"
+            "                           (exit 1 if absent)\n"
+            "  put [--node HOST:PORT] [-n N -r R -w W] [--sync] [--blind]\n"
+            "      KEY [VALUE]          store VALUE (or stdin) under KEY\n"
+            "  del [--node HOST:PORT] [-n N -r R -w W] KEY\n"
+            "                           delete KEY\n"
             "\n"
             "see quorumfs(1)\n");
+}
+
+int cli_read_stdin(size_t max, kv_buf *b) {
+    char tmp[65536];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof tmp, stdin)) > 0) {
+        if (b->len + n > max) return KV_ETOOLARGE;
+        int rc = kv_buf_append(b, tmp, n);
+        if (rc) return rc;
+    }
+    return ferror(stdin) ? -EIO : 0;
 }
 
 int main(int argc, char **argv) {
@@ -50,8 +71,17 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (strcmp(argv[i], "engine") == 0)
-        return cli_engine(argc - i - 1, argv + i + 1);
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {{"engine", cli_engine},
+                {"node", cli_node},
+                {"get", cli_get},
+                {"put", cli_put},
+                {"del", cli_del}};
+    for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++)
+        if (strcmp(argv[i], cmds[c].name) == 0)
+            return cmds[c].fn(argc - i - 1, argv + i + 1);
     fprintf(stderr, "quorumfs: unknown command '%s'\n", argv[i]);
     usage(stderr);
     return 2;

@@ -305,7 +305,15 @@ static void it_seek(eng_iiter *it, kv_slice ikey) {
 static void it_next(eng_iiter *it) {
     mem_iter *mi = (mem_iter *)it;
     KV_ASSERT(mi->cur);
-    mi->cur = atomic_load_explicit(&mi->cur->next[0], memory_order_acquire);
+    node *n = atomic_load_explicit(&mi->cur->next[0], memory_order_acquire);
+    mi->cur = n;
+    /* Nodes lie in the arena in insertion order, not key order, so a scan
+     * is a chain of cache misses: start fetching the next node while the
+     * caller works on this one (which the previous step fetched). */
+    if (n) {
+        node *nx = atomic_load_explicit(&n->next[0], memory_order_relaxed);
+        if (nx) __builtin_prefetch(nx);
+    }
 }
 
 static kv_slice it_key(eng_iiter *it) {

@@ -300,7 +300,7 @@ int ring_encode(const ring *r, kv_buf *out) {
     size_t need = HDR_BYTES + 8 + (size_t)r->q * 2;
     for (uint32_t i = 0; i < r->n; i++) need += 1 + strlen(r->names[i]);
     size_t base = out->len;
-    int rc = kv_buf_reserve(out, base + need);
+    int rc = kv_buf_reserve(out, need);
     if (rc) return rc;
     uint8_t *p = out->ptr + base;
     memcpy(p, RING_MAGIC, 8);

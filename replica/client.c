@@ -1,0 +1,250 @@
+/*
+ * The blocking TCP client (see client.h). Each call writes one request
+ * frame and reads frames until the reply with the same id; every wait is
+ * bounded by poll() against the client's deadline, so a dead or silent
+ * node gives KV_ETIMEDOUT, never a hang. A connection error or a bad frame
+ * breaks the client: later calls return the same error.
+ */
+#include "replica/client.h"
+#include "replica/proto.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct rep_client {
+    int fd;
+    uint32_t timeout_ms;
+    uint64_t next_id;
+    int broken; /* sticky connection error */
+    rep_parser parser;
+    kv_buf out;
+    char node[64];
+    /* the reply being waited for, copied out of the parser's callback */
+    uint64_t want_id;
+    bool got;
+    rep_msg reply;
+    kv_buf reply_bytes;
+};
+
+static uint64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Wait until fd is ready for events or the deadline passes. */
+static int wait_fd(int fd, short events, uint64_t deadline) {
+    for (;;) {
+        uint64_t now = mono_ms();
+        if (now >= deadline) return KV_ETIMEDOUT;
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, (int)KV_MIN(deadline - now, (uint64_t)INT32_MAX));
+        if (r > 0) return 0;
+        if (r < 0 && errno != EINTR) return -errno;
+    }
+}
+
+static int break_with(rep_client *c, int rc) {
+    if (!c->broken) c->broken = rc;
+    return rc;
+}
+
+static int send_all(rep_client *c, uint64_t deadline) {
+    size_t off = 0;
+    while (off < c->out.len) {
+        ssize_t w =
+            send(c->fd, c->out.ptr + off, c->out.len - off, MSG_NOSIGNAL);
+        if (w > 0) {
+            off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int rc = wait_fd(c->fd, POLLOUT, deadline);
+            if (rc) return break_with(c, rc);
+            continue;
+        }
+        return break_with(c, -errno);
+    }
+    kv_buf_reset(&c->out);
+    return 0;
+}
+
+/* Keep the awaited reply (its slices die with the callback). */
+static int on_frame(void *arg, const rep_msg *m) {
+    rep_client *c = arg;
+    if (m->id != c->want_id) return 0; /* a late reply to a timed-out call */
+    kv_buf_reset(&c->reply_bytes);
+    const kv_slice *src[4] = {&m->key, &m->ctx, &m->value, &m->text};
+    size_t total = 0;
+    for (int i = 0; i < 4; i++) total += src[i]->len;
+    int rc = kv_buf_reserve(&c->reply_bytes, total);
+    if (rc) return rc;
+    c->reply = *m;
+    kv_slice *dst[4] = {&c->reply.key, &c->reply.ctx, &c->reply.value,
+                        &c->reply.text};
+    for (int i = 0; i < 4; i++) {
+        uint8_t *at = c->reply_bytes.ptr + c->reply_bytes.len;
+        if (src[i]->len) memcpy(at, src[i]->ptr, src[i]->len);
+        *dst[i] = kv_slice_make(at, src[i]->len);
+        c->reply_bytes.len += src[i]->len;
+    }
+    c->got = true;
+    return 0;
+}
+
+/* Send m and wait for the frame answering it, into c->reply. */
+static int call(rep_client *c, rep_msg *m, uint64_t deadline) {
+    if (c->broken) return c->broken;
+    m->id = ++c->next_id;
+    c->want_id = m->id;
+    c->got = false;
+    int rc = rep_msg_encode(m, &c->out);
+    if (rc) return rc;
+    if ((rc = send_all(c, deadline))) return rc;
+    uint8_t buf[64 * 1024];
+    while (!c->got) {
+        ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+        if (r > 0) {
+            rc = rep_parser_feed(&c->parser, buf, (size_t)r, on_frame, c);
+            if (rc) return break_with(c, rc);
+            continue;
+        }
+        if (r == 0) return break_with(c, -ECONNRESET);
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return break_with(c, -errno);
+        if ((rc = wait_fd(c->fd, POLLIN, deadline))) return break_with(c, rc);
+    }
+    if (c->reply.type == REP_ERROR) {
+        /* The node refuses the connection from here on. */
+        return break_with(c, c->reply.status ? c->reply.status : KV_EPROTO);
+    }
+    return 0;
+}
+
+int rep_client_connect(const char *hostport, uint32_t timeout_ms,
+                       rep_client **out) {
+    *out = NULL;
+    struct sockaddr_in sa;
+    if (!hostport || rep_parse_addr(hostport, &sa)) return -EINVAL;
+    rep_client *c = kv_calloc(1, sizeof *c);
+    if (!c) return -ENOMEM;
+    c->fd = -1;
+    c->timeout_ms = timeout_ms ? timeout_ms : 10000;
+    rep_parser_init(&c->parser, REP_MAX_PAYLOAD);
+    kv_buf_init(&c->out);
+    kv_buf_init(&c->reply_bytes);
+    uint64_t deadline = mono_ms() + c->timeout_ms;
+    int rc;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (errno != EINPROGRESS) {
+            rc = -errno;
+            goto fail;
+        }
+        if ((rc = wait_fd(c->fd, POLLOUT, deadline))) goto fail;
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            rc = -err;
+            goto fail;
+        }
+    }
+    rep_msg h = {.type = REP_HELLO, .u64 = REP_PROTO_VERSION};
+    h.flags = REP_ROLE_CLIENT;
+    h.text = kv_slice_str("client");
+    if ((rc = call(c, &h, deadline))) goto fail;
+    if (c->reply.type != REP_HELLO || c->reply.u64 != REP_PROTO_VERSION) {
+        rc = c->reply.type == REP_HELLO ? KV_EVERSION : KV_EPROTO;
+        goto fail;
+    }
+    snprintf(c->node, sizeof c->node, "%.*s",
+             (int)KV_MIN(c->reply.text.len, sizeof c->node - 1),
+             (const char *)c->reply.text.ptr);
+    *out = c;
+    return 0;
+fail:
+    rep_client_close(c);
+    return rc;
+}
+
+void rep_client_close(rep_client *c) {
+    if (!c) return;
+    if (c->fd >= 0) close(c->fd);
+    rep_parser_release(&c->parser);
+    kv_buf_release(&c->out);
+    kv_buf_release(&c->reply_bytes);
+    kv_free(c);
+}
+
+const char *rep_client_node(const rep_client *c) {
+    return c->node;
+}
+
+static int check_opts(const rep_opts *o, rep_msg *m) {
+    rep_opts d = {0};
+    if (!o) o = &d;
+    m->n = o->n ? o->n : 3;
+    m->r = o->r ? o->r : 2;
+    m->w = o->w ? o->w : 2;
+    m->timeout_ms = o->timeout_ms;
+    if (m->r > m->n || m->w > m->n) return -EINVAL;
+    return 0;
+}
+
+/* The client waits a little longer than the coordinator's deadline, so
+ * the coordinator's own timeout answer arrives first. */
+static uint64_t deadline_for(const rep_client *c, const rep_msg *m) {
+    uint32_t t = m->timeout_ms ? m->timeout_ms + 1000 : c->timeout_ms;
+    return mono_ms() + KV_MAX(t, c->timeout_ms);
+}
+
+int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o,
+                   kv_buf *obj) {
+    rep_msg m = {.type = REP_GET, .key = key};
+    int rc = check_opts(o, &m);
+    if (rc || key.len == 0 || key.len > REP_MAX_KEY) return rc ? rc : -EINVAL;
+    if ((rc = call(c, &m, deadline_for(c, &m)))) return rc;
+    if (c->reply.type != REP_GET_REPLY) return break_with(c, KV_EPROTO);
+    if (c->reply.status) return c->reply.status;
+    return kv_buf_set(obj, c->reply.value.ptr, c->reply.value.len);
+}
+
+static int put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
+               const rep_opts *o, uint32_t flags) {
+    rep_msg m = {.type = REP_PUT, .key = key, .ctx = ctx, .value = value};
+    int rc = check_opts(o, &m);
+    if (rc || key.len == 0 || key.len > REP_MAX_KEY ||
+        value.len > REP_MAX_VALUE || ctx.len > REP_MAX_VALUE)
+        return rc ? rc : -EINVAL;
+    m.flags = flags | (o && o->sync ? REP_PUT_SYNC : 0);
+    if ((rc = call(c, &m, deadline_for(c, &m)))) return rc;
+    if (c->reply.type != REP_PUT_REPLY) return break_with(c, KV_EPROTO);
+    return c->reply.status;
+}
+
+int rep_client_put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
+                   const rep_opts *o) {
+    return put(c, key, ctx, value, o, 0);
+}
+
+int rep_client_del(rep_client *c, kv_slice key, kv_slice ctx,
+                   const rep_opts *o) {
+    return put(c, key, ctx, kv_slice_make(NULL, 0), o, REP_PUT_DELETE);
+}

@@ -1,0 +1,53 @@
+/*
+ * client: talk to any quorumfs node over TCP. A client is one connection
+ * with one request in flight at a time; calls block until the node
+ * answers or the client's timeout passes. The node coordinates: it finds
+ * the key's replicas and answers once R (get) or W (put) of them have.
+ *
+ * Objects come back encoded (replica/dvv.h decodes them): every sibling
+ * with the causal context a later put passes back to supersede them.
+ *
+ * Threading: a rep_client belongs to one thread at a time.
+ */
+#ifndef QFS_REPLICA_CLIENT_H
+#define QFS_REPLICA_CLIENT_H
+
+#include "base/base.h"
+
+#define REP_DEFAULT_PORT 7000
+#define REP_DEFAULT_ADDRESS "127.0.0.1:7000"
+
+typedef struct rep_client rep_client;
+
+/* Per-request options; zero fields take the defaults (N 3, R 2, W 2, the
+ * node's deadline). 1 <= R, W <= N, else -EINVAL before anything is sent.
+ * R + W <= N is allowed (reads may then miss the last write). */
+typedef struct rep_opts {
+    uint8_t n, r, w;
+    uint32_t timeout_ms; /* the coordinator's deadline */
+    bool sync;           /* put: acknowledged only from synced WALs */
+} rep_opts;
+
+/* Connect to "HOST:PORT" and exchange HELLOs, within timeout_ms. -EINVAL
+ * for a bad address, -ECONNREFUSED and other -errno, KV_ETIMEDOUT,
+ * KV_EVERSION (the node speaks another protocol version), KV_EPROTO. */
+int rep_client_connect(const char *hostport, uint32_t timeout_ms,
+                       rep_client **out);
+void rep_client_close(rep_client *c);
+/* The node's name from its HELLO, valid while c lives. */
+const char *rep_client_node(const rep_client *c);
+
+/* The object of key (encoded, every sibling) into obj. KV_ENOTFOUND when
+ * no replica that answered has the key; KV_EQUORUM, KV_ETIMEDOUT from the
+ * coordinator; KV_ETIMEDOUT, KV_EPROTO, -errno from the connection (after
+ * which the client is unusable). */
+int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o, kv_buf *obj);
+/* Store value under key with the causal context ctx (empty: none; from
+ * a get: supersede what that get returned). Errors as for get. */
+int rep_client_put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
+                   const rep_opts *o);
+/* Delete: a put of a tombstone with context ctx. */
+int rep_client_del(rep_client *c, kv_slice key, kv_slice ctx,
+                   const rep_opts *o);
+
+#endif

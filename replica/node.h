@@ -1,0 +1,58 @@
+/*
+ * node: one quorumfs storage node. It owns one engine (its replicas'
+ * objects), one libuv event loop that serves the protocol (replica/proto.h)
+ * to clients and to other nodes, and the coordinator that answers a get
+ * or put once R or W replicas have. The loop never touches the disk:
+ * every engine call runs on libuv's thread pool and comes back to the loop
+ * with its result.
+ *
+ * Threading: rep_node_open and rep_node_close on one thread; the loop runs
+ * in rep_node_run (the caller's thread) or in a thread of its own
+ * (rep_node_start). rep_node_stop may be called from any thread and from
+ * a signal handler's deferred context; everything else belongs to the
+ * loop's thread. Nothing is process-wide except libuv's thread pool, so
+ * several nodes can run in one process (tests do).
+ */
+#ifndef QFS_REPLICA_NODE_H
+#define QFS_REPLICA_NODE_H
+
+#include "engine/engine.h"
+
+typedef struct rep_node rep_node;
+
+typedef struct rep_node_opts {
+    const char *data_dir; /* the node's directory; created if missing */
+    const char *listen;   /* "HOST:PORT"; NULL: no listener (in-process) */
+    const char *name;     /* member name; default: the listen address */
+    uint32_t partitions;  /* ring size of a new cluster, default 8192 */
+    uint32_t timeout_ms;  /* default request deadline, default 5000 */
+    uint32_t idle_ms;     /* close connections idle this long, 60000 */
+    bool handle_signals;  /* SIGINT and SIGTERM stop the node (CLI) */
+    eng_options engine;   /* the node's engine options */
+} rep_node_opts;
+
+/* Defaults as above (engine defaults too). */
+void rep_node_opts_init(rep_node_opts *o);
+
+/* Open the node: its engine, its identity (kept in the data directory, so
+ * a restarted node is the same member) and its listening socket. The node
+ * serves nothing until run or started. -EINVAL for bad options, -errno,
+ * engine errors (reported), -ENOMEM. */
+int rep_node_open(const rep_node_opts *o, rep_node **out);
+/* Serve until rep_node_stop; returns 0 after a clean stop. */
+int rep_node_run(rep_node *n);
+/* Serve on a thread of the node's own. */
+int rep_node_start(rep_node *n);
+/* Ask the loop to stop: it stops accepting, closes connections, fails
+ * pending requests with KV_ECLOSED and returns. Safe from any thread. */
+void rep_node_stop(rep_node *n);
+/* Stop (if running), join the thread (if started), close the engine and
+ * free everything. Returns the engine's close code. */
+int rep_node_close(rep_node *n);
+
+/* The address the node listens on (with the actual port when the listen
+ * address asked for port 0), valid while the node lives. */
+const char *rep_node_address(const rep_node *n);
+const char *rep_node_name(const rep_node *n);
+
+#endif

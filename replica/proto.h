@@ -1,0 +1,106 @@
+/*
+ * proto: the one binary protocol between clients and nodes and between
+ * nodes. A connection carries frames: a 24-byte header (payload length,
+ * type, flags, request id, checksum) and a payload of typed fields. The
+ * first frame each way is HELLO (protocol version, role, name). Format,
+ * limits and the coordinator's state machine: docs/protocol.md.
+ *
+ * Threading: pure encoding and decoding; a rep_parser belongs to one
+ * connection and one thread. Nothing here does I/O.
+ */
+#ifndef QFS_REPLICA_PROTO_H
+#define QFS_REPLICA_PROTO_H
+
+#include "base/base.h"
+
+#define REP_PROTO_VERSION 1u
+#define REP_FRAME_HEADER 24u
+#define REP_MAX_KEY 4096u                   /* bytes in a key */
+#define REP_MAX_VALUE (64u * 1024u * 1024u) /* bytes in a value or object */
+/* Largest payload: a value, its context and key, and field overhead. */
+#define REP_MAX_PAYLOAD (REP_MAX_VALUE + (1u << 20))
+
+typedef enum rep_msg_type {
+    REP_HELLO = 1, /* first frame each way: version, role, name */
+    REP_ERROR = 2, /* status and text; the sender then closes */
+    REP_PING = 3,  /* u64: sender's clock, echoed by PONG */
+    REP_PONG = 4,
+    REP_GET = 10,        /* client -> coordinator: n r w, timeout, key */
+    REP_GET_REPLY = 11,  /* status, value = encoded object (all siblings) */
+    REP_PUT = 12,        /* n r w, flags, timeout, key, ctx, value */
+    REP_PUT_REPLY = 13,  /* status */
+    REP_RGET = 20,       /* coordinator -> replica: key */
+    REP_RGET_REPLY = 21, /* status, value = the replica's object */
+    REP_RPUT = 22,       /* flags, key, value = object to merge */
+    REP_RPUT_REPLY = 23, /* status */
+} rep_msg_type;
+
+/* flags of REP_HELLO: who is talking */
+enum { REP_ROLE_CLIENT = 0, REP_ROLE_NODE = 1 };
+/* flags of REP_PUT and REP_RPUT */
+enum {
+    REP_PUT_DELETE = 1, /* write a tombstone instead of value */
+    REP_PUT_SYNC = 2,   /* acknowledge only once in a synced WAL */
+};
+
+/* A decoded message. Slices borrow the frame's payload: from
+ * rep_msg_decode, as long as that payload; from a rep_parser, only during
+ * the callback that receives the message. Fields a type does not carry
+ * are zero. */
+typedef struct rep_msg {
+    uint16_t type;
+    uint64_t id;     /* request id; replies carry their request's */
+    int32_t status;  /* replies: 0 or an error code */
+    uint8_t n, r, w; /* requests: replicas, read and write quorums */
+    uint32_t flags;  /* per type, see above */
+    uint32_t timeout_ms;
+    uint64_t u64; /* HELLO: protocol version; PING/PONG: clock */
+    kv_slice key, ctx, value, text;
+} rep_msg;
+
+/* Append m as one frame (header and payload) to out. -EINVAL for an
+ * unknown type or a field over its limit (nothing appended), -ENOMEM. */
+int rep_msg_encode(const rep_msg *m, kv_buf *out);
+
+/* Decode a frame's payload of the given type into *m (slices into
+ * payload). KV_EPROTO (unknown type, short, long or malformed payload, a
+ * field over its limit). */
+int rep_msg_decode(uint16_t type, uint64_t id, kv_slice payload, rep_msg *m);
+
+/* Incremental frame reader for a byte stream. */
+typedef struct rep_parser {
+    kv_buf buf;   /* bytes received and not yet consumed */
+    size_t start; /* offset in buf of the next frame */
+    uint32_t max_payload;
+    int error;       /* sticky: once a frame is bad, the stream is unusable */
+    const char *why; /* static text naming the failed check */
+} rep_parser;
+
+void rep_parser_init(rep_parser *p, uint32_t max_payload);
+/* The limit for frames from now on (a node raises it after a HELLO). */
+static inline void rep_parser_set_limit(rep_parser *p, uint32_t max_payload) {
+    p->max_payload = max_payload;
+}
+/* Payload limit until a connection's HELLO: a HELLO is small. */
+#define REP_HELLO_MAX_PAYLOAD 4096u
+void rep_parser_release(rep_parser *p);
+/* Called for each whole, verified frame; a non-zero return stops the feed
+ * and is returned by rep_parser_feed. */
+typedef int (*rep_frame_fn)(void *arg, const rep_msg *m);
+/* Consume n bytes of stream: each complete frame is checked and decoded
+ * and given to fn. KV_EPROTO (logged by the caller) for a frame that is
+ * too large (refused from its header, before its payload is buffered), has
+ * a bad checksum or unknown flags, or does not decode; -ENOMEM; or fn's
+ * code. After an error every later feed returns it. */
+int rep_parser_feed(rep_parser *p, const void *data, size_t n, rep_frame_fn fn,
+                    void *arg);
+/* What made the parser fail, for the log line ("", if nothing did). */
+const char *rep_parser_why(const rep_parser *p);
+
+const char *rep_msg_type_name(uint16_t type);
+
+struct sockaddr_in;
+/* Parse "A.B.C.D:PORT" (port 0..65535) into *sa. -EINVAL if malformed. */
+int rep_parse_addr(const char *spec, struct sockaddr_in *sa);
+
+#endif

@@ -1,0 +1,53 @@
+/*
+ * store: a node's replicas of objects, kept in its engine. An object is a
+ * key's dotted version vector set (replica/dvv.h): every sibling with its
+ * causal history. The store applies the two replica-side operations of the
+ * coordinator's protocol atomically per key:
+ *
+ *   update (the coordinating replica of a put): the new value replaces
+ *   what the client's context covers and gets a new dot of this node;
+ *   merge (every other replica): the incoming object is merged with the
+ *   stored one (least upper bound), so replicas converge in any order.
+ *
+ * Engine keys are "o" + key, so other record kinds (hints, membership)
+ * can share the engine later. Format of the stored value:
+ * docs/object-format.md.
+ *
+ * Threading: every function may be called from any thread (libuv's pool
+ * calls them); read-modify-writes of one key are serialised by a striped
+ * lock, different keys run in parallel. Calls block on the disk.
+ */
+#ifndef QFS_REPLICA_STORE_H
+#define QFS_REPLICA_STORE_H
+
+#include "engine/engine.h"
+
+typedef struct rep_store rep_store;
+
+/* Wrap db (not owned; must outlive the store). */
+int rep_store_new(eng_db *db, rep_store **out);
+void rep_store_free(rep_store *s);
+
+/* The encoded object of key into out. KV_ENOTFOUND, KV_ECORRUPT (logged),
+ * engine errors. */
+int rep_store_get(rep_store *s, kv_slice key, kv_buf *out);
+
+/* Coordinating put: stored object + (ctx, value or tombstone) at actor,
+ * timestamp now_us. The new object is written (fsynced first when sync)
+ * and returned in out. KV_ECORRUPT for a bad ctx or stored object,
+ * KV_ETOOLARGE, engine errors; nothing is written on error. */
+int rep_store_update(rep_store *s, kv_slice key, kv_slice ctx, kv_slice value,
+                     bool tombstone, bool sync, uint64_t actor, uint64_t now_us,
+                     kv_buf *out);
+
+/* Replica merge: stored object joined with obj, written if it changed.
+ * self is this node's actor, which pruning never drops. */
+int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, bool sync,
+                    uint64_t self);
+
+/* The least upper bound of two encoded objects, encoded into out (a
+ * coordinator merging replies). KV_ECORRUPT for a bad encoding, -ENOMEM,
+ * KV_ETOOLARGE. */
+int rep_obj_merge(kv_slice a, kv_slice b, kv_buf *out);
+
+#endif

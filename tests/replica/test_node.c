@@ -1,0 +1,356 @@
+/*
+ * A node serving real TCP clients in this process: writes and reads,
+ * siblings and their resolution, deletes, a restart that keeps identity
+ * and data, and bad input (garbage, oversize frames, frames before hello,
+ * idle peers) that closes only the offending connection while the node
+ * keeps serving everyone else.
+ */
+#include "replica/client.h"
+#include "replica/dvv.h"
+#include "replica/node.h"
+#include "replica/proto.h"
+#include "tests/testutil.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static char g_dir[64];
+static rep_node *g_node;
+
+static void setup(void) {
+    make_tmpdir(g_dir, sizeof g_dir, "qfs-node");
+    quiet_log();
+}
+
+static void teardown(void) {
+    if (g_node) rep_node_close(g_node);
+    g_node = NULL;
+    rm_tree(g_dir);
+}
+
+TestSuite(node, .init = setup, .fini = teardown, .timeout = 60);
+
+static void start_node(uint32_t idle_ms) {
+    rep_node_opts o;
+    rep_node_opts_init(&o);
+    o.data_dir = g_dir;
+    o.listen = "127.0.0.1:0";
+    o.name = "solo";
+    o.idle_ms = idle_ms;
+    o.engine.memtable_bytes = 1 << 20;
+    OK(rep_node_open(&o, &g_node));
+    OK(rep_node_start(g_node));
+}
+
+static rep_client *client(void) {
+    rep_client *c;
+    OK(rep_client_connect(rep_node_address(g_node), 5000, &c));
+    cr_assert_str_eq(rep_client_node(c), "solo");
+    return c;
+}
+
+static kv_slice S(const char *s) {
+    return kv_slice_str(s);
+}
+
+/* Get key: its set (NULL if absent). */
+static dvv_set *get(rep_client *c, const char *key) {
+    kv_buf obj = KV_BUF_INIT;
+    int rc = rep_client_get(c, S(key), NULL, &obj);
+    dvv_set *s = NULL;
+    if (rc == KV_ENOTFOUND) return NULL;
+    OK(rc);
+    OK(dvv_set_decode(kv_buf_slice(&obj), &s));
+    kv_buf_release(&obj);
+    return s;
+}
+
+static void ctx_of(const dvv_set *s, kv_buf *out) {
+    kv_buf_reset(out);
+    if (!s) return;
+    dvv_ctx *c;
+    OK(dvv_set_join(s, &c));
+    OK(dvv_ctx_encode(c, out));
+    dvv_ctx_free(c);
+}
+
+static void expect_values(const dvv_set *s, int n, const char **want) {
+    cr_assert_not_null(s);
+    cr_assert_eq(dvv_set_siblings(s), (size_t)n);
+    for (int i = 0; i < n; i++) {
+        bool found = false;
+        for (size_t j = 0; j < dvv_set_siblings(s) && !found; j++)
+            found = kv_slice_eq(dvv_set_sibling(s, j).value.bytes, S(want[i]));
+        cr_assert(found, "sibling '%s' missing", want[i]);
+    }
+}
+
+Test(node, put_get_siblings_resolve_delete) {
+    start_node(60000);
+    rep_client *a = client(), *b = client();
+    kv_buf ctx = KV_BUF_INIT;
+    cr_assert_null(get(a, "cart/alice"));
+    OK(rep_client_put(a, S("cart/alice"), S(""), S("apples"), NULL));
+    dvv_set *s = get(b, "cart/alice");
+    expect_values(s, 1, (const char *[]){"apples"});
+    /* Both clients write with the context they read: two siblings. */
+    ctx_of(s, &ctx);
+    OK(rep_client_put(a, S("cart/alice"), kv_buf_slice(&ctx), S("pears"),
+                      NULL));
+    OK(rep_client_put(b, S("cart/alice"), kv_buf_slice(&ctx), S("plums"),
+                      NULL));
+    dvv_set_free(s);
+    s = get(a, "cart/alice");
+    expect_values(s, 2, (const char *[]){"pears", "plums"});
+    /* A write with the context of both resolves them. */
+    ctx_of(s, &ctx);
+    OK(rep_client_put(b, S("cart/alice"), kv_buf_slice(&ctx), S("pears+plums"),
+                      &(rep_opts){.sync = true}));
+    dvv_set_free(s);
+    s = get(a, "cart/alice");
+    expect_values(s, 1, (const char *[]){"pears+plums"});
+    /* Delete with the context: one tombstone remains, and a later write
+     * with the tombstone's context replaces it. */
+    ctx_of(s, &ctx);
+    OK(rep_client_del(a, S("cart/alice"), kv_buf_slice(&ctx), NULL));
+    dvv_set_free(s);
+    s = get(a, "cart/alice");
+    cr_assert_eq(dvv_set_siblings(s), 1);
+    cr_assert(dvv_set_sibling(s, 0).value.flags & DVV_TOMBSTONE);
+    ctx_of(s, &ctx);
+    OK(rep_client_put(a, S("cart/alice"), kv_buf_slice(&ctx), S("again"),
+                      NULL));
+    dvv_set_free(s);
+    s = get(b, "cart/alice");
+    expect_values(s, 1, (const char *[]){"again"});
+    dvv_set_free(s);
+    kv_buf_release(&ctx);
+    rep_client_close(a);
+    rep_client_close(b);
+}
+
+Test(node, bad_requests_are_refused_and_the_client_stays_usable) {
+    start_node(60000);
+    rep_client *c = client();
+    kv_buf obj = KV_BUF_INIT;
+    EXPECT_RC(rep_client_get(c, S(""), NULL, &obj), -EINVAL);
+    EXPECT_RC(rep_client_get(c, S("k"), &(rep_opts){.n = 2, .r = 3}, &obj),
+              -EINVAL);
+    /* A context that is not one: the put fails, nothing is written. */
+    EXPECT_RC(rep_client_put(c, S("k"), S("not a context"), S("v"), NULL),
+              KV_EPROTO);
+    EXPECT_RC(rep_client_get(c, S("k"), NULL, &obj), KV_ENOTFOUND);
+    OK(rep_client_put(c, S("k"), S(""), S("v"), NULL));
+    OK(rep_client_get(c, S("k"), NULL, &obj));
+    kv_buf_release(&obj);
+    rep_client_close(c);
+}
+
+Test(node, restart_keeps_identity_and_data) {
+    start_node(60000);
+    rep_client *c = client();
+    char k[32], v[32];
+    for (int i = 0; i < 500; i++) {
+        snprintf(k, sizeof k, "key-%d", i);
+        snprintf(v, sizeof v, "value-%d", i);
+        OK(rep_client_put(c, S(k), S(""), S(v), &(rep_opts){.sync = true}));
+    }
+    rep_client_close(c);
+    OK(rep_node_close(g_node));
+    g_node = NULL;
+    /* Another name for the same directory is refused. */
+    rep_node_opts o;
+    rep_node_opts_init(&o);
+    o.data_dir = g_dir;
+    o.name = "impostor";
+    EXPECT_RC(rep_node_open(&o, &g_node), -EINVAL);
+    cr_assert_null(g_node);
+    start_node(60000);
+    c = client();
+    for (int i = 0; i < 500; i++) {
+        snprintf(k, sizeof k, "key-%d", i);
+        snprintf(v, sizeof v, "value-%d", i);
+        dvv_set *s = get(c, k);
+        expect_values(s, 1, (const char *[]){v});
+        dvv_set_free(s);
+    }
+    rep_client_close(c);
+}
+
+/* A raw TCP connection to the node. */
+static int raw_connect(void) {
+    struct sockaddr_in sa;
+    OK(rep_parse_addr(rep_node_address(g_node), &sa));
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+/* Whether the node closed fd within ms (reads until EOF, dropping any
+ * error frame it sent first). */
+static bool closed_by_node(int fd, int ms) {
+    char buf[4096];
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, ms) <= 0) return false;
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r <= 0) return true;
+    }
+}
+
+static void send_bytes(int fd, const void *p, size_t n) {
+    cr_assert_eq(write(fd, p, n), (ssize_t)n);
+}
+
+static void send_hello(int fd) {
+    kv_buf f = KV_BUF_INIT;
+    rep_msg h = {.type = REP_HELLO, .id = 1, .u64 = REP_PROTO_VERSION};
+    h.text = S("raw");
+    OK(rep_msg_encode(&h, &f));
+    send_bytes(fd, f.ptr, f.len);
+    kv_buf_release(&f);
+}
+
+Test(node, bad_input_closes_only_that_connection) {
+    start_node(60000);
+    rep_client *good = client();
+    OK(rep_client_put(good, S("k"), S(""), S("v"), NULL));
+
+    /* Garbage instead of a hello. */
+    int fd = raw_connect();
+    send_bytes(fd, "GET / HTTP/1.1\r\n\r\n", 18);
+    cr_assert(closed_by_node(fd, 3000));
+    close(fd);
+
+    /* A request before the hello. */
+    fd = raw_connect();
+    kv_buf f = KV_BUF_INIT;
+    rep_msg g = {.type = REP_GET, .id = 5, .key = S("k")};
+    OK(rep_msg_encode(&g, &f));
+    send_bytes(fd, f.ptr, f.len);
+    cr_assert(closed_by_node(fd, 3000));
+    close(fd);
+
+    /* A frame announcing 1 GiB after a good hello: refused at once, from
+     * its header (no payload follows). */
+    fd = raw_connect();
+    send_hello(fd);
+    uint8_t h[24] = {0};
+    kv_put_u32(h, 1u << 30);
+    kv_put_u16(h + 4, REP_PUT);
+    send_bytes(fd, h, sizeof h);
+    cr_assert(closed_by_node(fd, 3000));
+    close(fd);
+
+    /* A flipped bit in a request frame. */
+    fd = raw_connect();
+    send_hello(fd);
+    kv_buf_reset(&f);
+    OK(rep_msg_encode(&g, &f));
+    f.ptr[f.len - 1] ^= 1;
+    send_bytes(fd, f.ptr, f.len);
+    cr_assert(closed_by_node(fd, 3000));
+    close(fd);
+
+    /* A hello of another protocol version. */
+    fd = raw_connect();
+    kv_buf_reset(&f);
+    rep_msg hv = {.type = REP_HELLO, .id = 1, .u64 = 99};
+    OK(rep_msg_encode(&hv, &f));
+    send_bytes(fd, f.ptr, f.len);
+    cr_assert(closed_by_node(fd, 3000));
+    close(fd);
+    kv_buf_release(&f);
+
+    /* The well-behaved client was never disturbed. */
+    kv_buf obj = KV_BUF_INIT;
+    OK(rep_client_get(good, S("k"), NULL, &obj));
+    kv_buf_release(&obj);
+    rep_client_close(good);
+}
+
+Test(node, idle_connections_time_out) {
+    start_node(300);
+    int fd = raw_connect();
+    send_hello(fd);
+    cr_assert(closed_by_node(fd, 5000), "idle connection still open");
+    close(fd);
+    /* Half a connection: no hello at all. */
+    fd = raw_connect();
+    cr_assert(closed_by_node(fd, 5000));
+    close(fd);
+    /* An active client is not closed while it keeps talking. */
+    rep_client *c = client();
+    for (int i = 0; i < 6; i++) {
+        OK(rep_client_put(c, S("k"), S(""), S("v"), NULL));
+        usleep(100 * 1000);
+    }
+    rep_client_close(c);
+}
+
+Test(node, stop_ends_requests_and_closes_clients) {
+    start_node(60000);
+    rep_client *c = client();
+    OK(rep_client_put(c, S("k"), S(""), S("v"), NULL));
+    rep_node_stop(g_node);
+    kv_buf obj = KV_BUF_INIT;
+    int rc = 0;
+    for (int i = 0; i < 100 && rc == 0; i++) {
+        rc = rep_client_get(c, S("k"), NULL, &obj);
+        usleep(10000);
+    }
+    cr_assert_neq(rc, 0, "a stopped node still answers");
+    kv_buf_release(&obj);
+    rep_client_close(c);
+    /* A connection to a stopped node is refused. */
+    rep_client *d = (rep_client *)1;
+    cr_assert_neq(rep_client_connect(rep_node_address(g_node), 1000, &d), 0);
+    cr_assert_null(d);
+}
+
+static uint64_t actor_of_write(const char *key, const char *value) {
+    rep_client *c = client();
+    OK(rep_client_put(c, S(key), S(""), S(value), NULL));
+    dvv_set *s = get(c, key);
+    cr_assert_eq(dvv_set_siblings(s), 1);
+    uint64_t a = dvv_set_sibling(s, 0).actor;
+    dvv_set_free(s);
+    rep_client_close(c);
+    return a;
+}
+
+/* A node keeps its actor across restarts, and a node whose directory was
+ * wiped comes back as a new actor (same name), so it cannot reuse a dot
+ * of its former self. A damaged identity file stops the node. */
+Test(node, identity_survives_restarts_and_not_a_wipe) {
+    start_node(60000);
+    uint64_t first = actor_of_write("k1", "v1");
+    OK(rep_node_close(g_node));
+    g_node = NULL;
+    start_node(60000);
+    cr_assert_eq(actor_of_write("k2", "v2"), first);
+    OK(rep_node_close(g_node));
+    g_node = NULL;
+    rm_tree(g_dir);
+    start_node(60000);
+    cr_assert_neq(actor_of_write("k3", "v3"), first);
+    OK(rep_node_close(g_node));
+    g_node = NULL;
+    char p[128];
+    snprintf(p, sizeof p, "%s/NODE", g_dir);
+    FILE *f = fopen(p, "w");
+    cr_assert_not_null(f);
+    fputs("solo\nnot-hex\n", f);
+    fclose(f);
+    rep_node_opts o;
+    rep_node_opts_init(&o);
+    o.data_dir = g_dir;
+    o.name = "solo";
+    EXPECT_RC(rep_node_open(&o, &g_node), KV_ECORRUPT);
+    cr_assert_null(g_node);
+}
