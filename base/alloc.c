@@ -7,6 +7,7 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 static atomic_long fail_after = -1; /* -1: injection off */
 static atomic_long injected;
@@ -55,4 +56,15 @@ char *kv_strdup(const char *s) {
     char *d = kv_malloc(n);
     if (d) memcpy(d, s, n);
     return d;
+}
+
+void *kv_map_alloc(size_t n) {
+    if (should_fail()) return NULL;
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void kv_map_free(void *p, size_t n) {
+    if (p) munmap(p, n ? n : 1);
 }

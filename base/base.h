@@ -64,6 +64,14 @@ char *kv_strdup(const char *s);
 void kv_alloc_fail_after(long n);
 /* Allocations that failed because of injection since the process started. */
 long kv_alloc_injected_failures(void);
+/* Large, long-lived buffers (memtable blocks) straight from the kernel
+ * with mmap, returned to it by kv_map_free(p, n) with the same n. malloc
+ * would keep them: once a large chunk is freed, glibc raises its mmap
+ * threshold and serves later ones from arenas that never shrink. Zeroed
+ * and populated (one system call instead of a fault per page); NULL on
+ * failure or injection, like kv_malloc. */
+void *kv_map_alloc(size_t n);
+void kv_map_free(void *p, size_t n);
 
 /* ---- slices and buffers ----------------------------------------------------
  * kv_slice is a borrowed view: whoever receives one never frees it, and every

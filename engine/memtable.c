@@ -145,7 +145,7 @@ static void *arena_alloc(eng_memtable *m, size_t n) {
     }
     bool big = n > BIG_ENTRY;
     size_t size = sizeof(block) + (big ? n : BLOCK_BYTES);
-    block *b = kv_malloc(size);
+    block *b = kv_map_alloc(size);
     if (!b) return NULL;
     b->size = size;
     b->next = m->blocks;
@@ -191,7 +191,7 @@ void eng__mem_unref(eng_memtable *m) {
     block *b = m->blocks;
     while (b) {
         block *nx = b->next;
-        kv_free(b);
+        kv_map_free(b, b->size);
         b = nx;
     }
     kv_free(m);

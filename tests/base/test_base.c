@@ -678,3 +678,18 @@ Test(time, monotonic_clock_does_not_go_back) {
     /* 2020-01-01 in microseconds: any sane wall clock is past it. */
     cr_assert_gt(kv_wall_us(), UINT64_C(1577836800000000));
 }
+
+/* Mapped buffers: zeroed, writable, failing under injection like every
+ * other allocation. */
+Test(base, map_alloc_is_zeroed_and_can_fail) {
+    size_t n = 256u * 1024u + 8;
+    uint8_t *p = kv_map_alloc(n);
+    cr_assert_not_null(p);
+    for (size_t i = 0; i < n; i += 4093) cr_assert_eq(p[i], 0);
+    memset(p, 0xab, n);
+    kv_map_free(p, n);
+    kv_alloc_fail_after(0);
+    cr_assert_null(kv_map_alloc(n));
+    kv_alloc_fail_after(-1);
+    kv_map_free(NULL, n); /* harmless */
+}
