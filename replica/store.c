@@ -10,6 +10,7 @@
  */
 #include "replica/store.h"
 #include "replica/dvv.h"
+#include "ring/ring.h"
 
 #include <pthread.h>
 
@@ -37,7 +38,10 @@ void rep_store_free(rep_store *s) {
     kv_free(s);
 }
 
-/* The engine key of an object: "o" + key, on the stack for usual keys. */
+/* The engine key of an object: "o", the key's placement hash big-endian,
+ * the key; on the stack for usual keys. Sorting by hash first makes every
+ * partition (a range of hash prefixes, whatever the ring's size) one
+ * contiguous range of engine keys, which handoff and Merkle trees scan. */
 typedef struct okey {
     uint8_t small[256];
     uint8_t *p;
@@ -45,11 +49,13 @@ typedef struct okey {
 } okey;
 
 static int okey_make(okey *k, kv_slice key) {
-    k->len = key.len + 1;
+    k->len = 1 + 8 + key.len;
     k->p = k->len <= sizeof k->small ? k->small : kv_malloc(k->len);
     if (!k->p) return -ENOMEM;
     k->p[0] = 'o';
-    if (key.len) memcpy(k->p + 1, key.ptr, key.len);
+    uint64_t h = ring_hash(key);
+    for (int i = 0; i < 8; i++) k->p[1 + i] = (uint8_t)(h >> (56 - 8 * i));
+    if (key.len) memcpy(k->p + 9, key.ptr, key.len);
     return 0;
 }
 

@@ -9,9 +9,10 @@
  *   merge (every other replica): the incoming object is merged with the
  *   stored one (least upper bound), so replicas converge in any order.
  *
- * Engine keys are "o" + key, so other record kinds (hints, membership)
- * can share the engine later. Format of the stored value:
- * docs/object-format.md.
+ * Engine keys are "o" + the key's 8-byte placement hash (big-endian) + the
+ * key: other record kinds (hints, membership) can share the engine under
+ * other first bytes, and each ring partition is one contiguous key range.
+ * Format of the stored value: docs/object-format.md.
  *
  * Threading: every function may be called from any thread (libuv's pool
  * calls them); read-modify-writes of one key are serialised by a striped
