@@ -511,11 +511,16 @@ Test(tcache, failed_open_is_reported_then_retried) {
     eng_fault_arm(fault, ENG_FAULT_OPEN, 0, EIO, true);
     cr_assert_eq(get_check(db, NULL, 0, 1), 0);
     cr_assert_eq(get_check(db, NULL, NKEYS - 1, 1), -EIO);
+    /* A scan opens a level's tables as it reaches them: it yields what
+     * comes before the table that cannot be opened, then stops there with
+     * the error instead of skipping its keys. */
     eng_iter *it = NULL;
     OK(eng_iter_new(db, NULL, &it));
-    eng_iter_seek_first(it);
-    cr_assert(!eng_iter_valid(it));
+    int seen = 0;
+    for (eng_iter_seek_first(it); eng_iter_valid(it); eng_iter_next(it))
+        seen++;
     cr_assert_eq(eng_iter_status(it), -EIO);
+    cr_assert_lt(seen, NKEYS);
     eng_iter_free(it);
     cr_assert_gt(eng_fault_hits(fault), 0);
 
