@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <malloc.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1178,6 +1179,9 @@ static int run_one(const out_ctx *oc, store *st, enum wl w, int nthreads,
     if (w == W_FILLRANDOM || w == W_DURABLE)
         perm_init(&st->fill.p, st->keyspace, c->seed + (uint64_t)st->vs);
     st->ad->stats(st->db, &before);
+    /* Free memory glibc still holds from earlier runs (stores closed, a
+     * block cache emptied) would count as this run's anonymous memory. */
+    malloc_trim(0);
     reset_peak_rss(); /* where refused, the peak is since the fork */
     pthread_barrier_init(&r.bar, NULL, (unsigned)nthreads + 1);
     for (int t = 0; t < nthreads; t++) {
