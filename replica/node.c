@@ -636,7 +636,16 @@ static void on_signal(uv_signal_t *s, int signum);
 int rep_node_open(const rep_node_opts *o, rep_node **out) {
     *out = NULL;
     if (!o->data_dir || !*o->data_dir) return -EINVAL;
-    if (o->name && !ring_name_valid(kv_slice_str(o->name))) return -EINVAL;
+    if (o->name && !ring_name_valid(kv_slice_str(o->name))) {
+        kv_error(MOD, "bad node name '%s' (1-%u of A-Z a-z 0-9 . _ : -)",
+                 o->name, RING_MAX_NAME);
+        return -EINVAL;
+    }
+    struct sockaddr_in sa;
+    if (o->listen && rep_parse_addr(o->listen, &sa)) {
+        kv_error(MOD, "bad listen address '%s' (want A.B.C.D:PORT)", o->listen);
+        return -EINVAL;
+    }
     /* Engine calls wait on fsync in the pool's threads: group commit
      * needs many of them in flight (libuv's default is 4). Process-wide,
      * and only read when the pool first starts. */
@@ -668,12 +677,6 @@ int rep_node_open(const rep_node_opts *o, rep_node **out) {
     uv_async_init(&n->loop, &n->wake, on_wake);
     n->wake.data = n;
     if (o->listen) {
-        struct sockaddr_in sa;
-        if ((rc = rep_parse_addr(o->listen, &sa))) {
-            kv_error(MOD, "bad listen address '%s' (want HOST:PORT)",
-                     o->listen);
-            goto fail;
-        }
         uv_tcp_init(&n->loop, &n->server);
         n->server.data = n;
         n->listening = true;
