@@ -2,6 +2,8 @@
  * quorumfs node | get | put | del: run a storage node, and talk to one.
  *
  *   quorumfs node --data DIR [--listen HOST:PORT] [--name NAME]
+ *                 [--join HOST:PORT,...] [--n-val N] [--gossip-ms MS]
+ *                 [--failure-timeout-ms MS]
  *   quorumfs get [--node HOST:PORT] [-n N -r R -w W] KEY
  *   quorumfs put [--node HOST:PORT] [-n N -r R -w W] [--sync] [--blind]
  *                KEY [VALUE]
@@ -50,10 +52,25 @@ int cli_node(int argc, char **argv) {
             o.listen = v;
         else if (!strcmp(a, "--name"))
             o.name = v;
-        else if (!strcmp(a, "--join")) {
-            ERR("node", "--join: membership is not built yet; a node runs "
-                        "as a one-member cluster\n");
-            return 2;
+        else if (!strcmp(a, "--join"))
+            o.join = v;
+        else if (!strcmp(a, "--n-val")) {
+            if (!parse_u8(v, &o.n_val) || o.n_val > 16) {
+                ERR("node", "--n-val wants 1..16\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--gossip-ms") ||
+                   !strcmp(a, "--failure-timeout-ms")) {
+            char *end;
+            long ms = strtol(v, &end, 10);
+            if (*end || end == v || ms < 10 || ms > 600000) {
+                ERR("node", "%s wants 10..600000\n", a);
+                return 2;
+            }
+            if (a[2] == 'g')
+                o.gossip_ms = (uint32_t)ms;
+            else
+                o.fd_timeout_ms = (uint32_t)ms;
         } else {
             ERR("node", "unknown option '%s'\n", a);
             return 2;

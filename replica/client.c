@@ -1,9 +1,12 @@
 /*
  * The blocking TCP client (see client.h). Each call writes one request
- * frame and reads frames until the reply with the same id; every wait is
- * bounded by poll() against the client's deadline, so a dead or silent
- * node gives KV_ETIMEDOUT, never a hang. A connection error or a bad frame
- * breaks the client: later calls return the same error.
+ * frame and reads frames until the reply with the same id. The deadline
+ * is checked on every pass of the send and receive loops, not only before
+ * poll() blocks, so a dead or silent node, one that trickles its reply or
+ * one that floods frames answering nothing, gives KV_ETIMEDOUT, never a
+ * hang. A connection error or a bad frame breaks the client: later calls
+ * return the same error. A request too large to send is refused before
+ * anything is written, and the client stays usable.
  */
 #include "replica/client.h"
 #include "replica/proto.h"
@@ -60,6 +63,7 @@ static int break_with(rep_client *c, int rc) {
 static int send_all(rep_client *c, uint64_t deadline) {
     size_t off = 0;
     while (off < c->out.len) {
+        if (mono_ms() >= deadline) return break_with(c, KV_ETIMEDOUT);
         ssize_t w =
             send(c->fd, c->out.ptr + off, c->out.len - off, MSG_NOSIGNAL);
         if (w > 0) {
@@ -107,11 +111,16 @@ static int call(rep_client *c, rep_msg *m, uint64_t deadline) {
     m->id = ++c->next_id;
     c->want_id = m->id;
     c->got = false;
+    /* Refused here (KV_ETOOLARGE), nothing is sent and the connection
+     * stays usable. */
     int rc = rep_msg_encode(m, &c->out);
     if (rc) return rc;
     if ((rc = send_all(c, deadline))) return rc;
     uint8_t buf[64 * 1024];
     while (!c->got) {
+        /* Every pass: a peer that keeps the socket readable never makes
+         * this block in poll(), where the deadline is checked too. */
+        if (mono_ms() >= deadline) return break_with(c, KV_ETIMEDOUT);
         ssize_t r = recv(c->fd, buf, sizeof buf, 0);
         if (r > 0) {
             rc = rep_parser_feed(&c->parser, buf, (size_t)r, on_frame, c);
@@ -219,7 +228,7 @@ int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o,
                    kv_buf *obj) {
     rep_msg m = {.type = REP_GET, .key = key};
     int rc = check_opts(o, &m);
-    if (rc || key.len == 0 || key.len > REP_MAX_KEY) return rc ? rc : -EINVAL;
+    if (rc || key.len == 0) return rc ? rc : -EINVAL;
     if ((rc = call(c, &m, deadline_for(c, &m)))) return rc;
     if (c->reply.type != REP_GET_REPLY) return break_with(c, KV_EPROTO);
     if (c->reply.status) return c->reply.status;
@@ -230,9 +239,9 @@ static int put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
                const rep_opts *o, uint32_t flags) {
     rep_msg m = {.type = REP_PUT, .key = key, .ctx = ctx, .value = value};
     int rc = check_opts(o, &m);
-    if (rc || key.len == 0 || key.len > REP_MAX_KEY ||
-        value.len > REP_MAX_VALUE || ctx.len > REP_MAX_VALUE)
-        return rc ? rc : -EINVAL;
+    if (rc || key.len == 0) return rc ? rc : -EINVAL;
+    /* Sizes (each field, and the frame as a whole) are the encoder's to
+     * check, in call(): KV_ETOOLARGE before anything is sent. */
     m.flags = flags | (o && o->sync ? REP_PUT_SYNC : 0);
     if ((rc = call(c, &m, deadline_for(c, &m)))) return rc;
     if (c->reply.type != REP_PUT_REPLY) return break_with(c, KV_EPROTO);
@@ -247,4 +256,21 @@ int rep_client_put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
 int rep_client_del(rep_client *c, kv_slice key, kv_slice ctx,
                    const rep_opts *o) {
     return put(c, key, ctx, kv_slice_make(NULL, 0), o, REP_PUT_DELETE);
+}
+
+int rep_client_state(rep_client *c, kv_buf *out) {
+    rep_msg m = {.type = REP_GOSSIP};
+    int rc = call(c, &m, mono_ms() + c->timeout_ms);
+    if (rc) return rc;
+    if (c->reply.type != REP_GOSSIP_REPLY) return break_with(c, KV_EPROTO);
+    if (c->reply.status) return c->reply.status;
+    return kv_buf_set(out, c->reply.value.ptr, c->reply.value.len);
+}
+
+int rep_client_leave(rep_client *c) {
+    rep_msg m = {.type = REP_LEAVE, .text = kv_slice_str(c->node)};
+    int rc = call(c, &m, mono_ms() + c->timeout_ms);
+    if (rc) return rc;
+    if (c->reply.type != REP_LEAVE_REPLY) return break_with(c, KV_EPROTO);
+    return c->reply.status;
 }

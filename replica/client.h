@@ -37,17 +37,28 @@ void rep_client_close(rep_client *c);
 /* The node's name from its HELLO, valid while c lives. */
 const char *rep_client_node(const rep_client *c);
 
-/* The object of key (encoded, every sibling) into obj. KV_ENOTFOUND when
- * no replica that answered has the key; KV_EQUORUM, KV_ETIMEDOUT from the
- * coordinator; KV_ETIMEDOUT, KV_EPROTO, -errno from the connection (after
- * which the client is unusable). */
+/* The object of key (encoded, every sibling) into obj. -EINVAL for an
+ * empty key or bad opts and KV_ETOOLARGE for a key over REP_MAX_KEY, both
+ * before anything is sent; KV_ENOTFOUND when no replica that answered has
+ * the key; KV_EQUORUM, KV_ETIMEDOUT from the coordinator; KV_ETIMEDOUT
+ * (the deadline passed, however busy the connection), KV_EPROTO, -errno
+ * from the connection (after which the client is unusable). */
 int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o, kv_buf *obj);
 /* Store value under key with the causal context ctx (empty: none; from
- * a get: supersede what that get returned). Errors as for get. */
+ * a get: supersede what that get returned). Errors as for get, and
+ * KV_ETOOLARGE, before anything is sent, for a value or ctx over
+ * REP_MAX_VALUE or a request whose frame would exceed REP_MAX_PAYLOAD. */
 int rep_client_put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
                    const rep_opts *o);
 /* Delete: a put of a tombstone with context ctx. */
 int rep_client_del(rep_client *c, kv_slice key, kv_slice ctx,
                    const rep_opts *o);
+
+/* The cluster state the node holds (ring/ring.h: ring_cluster_decode),
+ * into out. Errors of the connection, as above. */
+int rep_client_state(rep_client *c, kv_buf *out);
+/* Ask the node to leave its cluster: it moves its data to the members that
+ * take its partitions and then stops. -EINVAL if it is the last member. */
+int rep_client_leave(rep_client *c);
 
 #endif

@@ -1,117 +1,91 @@
 /*
- * The node: event loop, connections, and the coordinator (see node.h).
+ * The node: lifecycle, identity, served connections and the replica side
+ * of the protocol (see node.h and node_int.h).
  *
- * Everything here runs on the loop's thread except the work functions,
- * which libuv's pool runs and which touch only their own work item and the
- * store. A connection and a request are freed only when nothing refers to
- * them: a connection when its handles are closed and no request answers
- * on it; a request when it has answered and no replica call is in flight.
- *
- * A request ends exactly once: with R (or W) good replies, with too many
- * failures to reach that, at its deadline (KV_ETIMEDOUT) or when the node
- * stops (KV_ECLOSED). Replies that arrive after the end are dropped.
- * Protocol and state machine: docs/protocol.md.
+ * A served connection is freed only when its handles are closed and no
+ * answer is still to come on it (refs: coordinated requests, replica
+ * calls on the pool). Backpressure: a connection stops being read while it
+ * has MAX_REFS answers outstanding or MAX_QUEUED bytes not yet written,
+ * and is read again once both fell to half; so a client that sends faster
+ * than it reads costs bounded memory. Idle connections (nothing read, no
+ * answer outstanding, nothing to write) close after idle_ms.
+ * Protocol and state machines: docs/protocol.md.
  */
-#include "replica/node.h"
+#include "replica/node_int.h"
 #include "replica/dvv.h"
-#include "replica/proto.h"
-#include "replica/store.h"
-#include "ring/ring.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <uv.h>
 
-#define MOD "node"
-#define MAX_N 16 /* replicas per request */
+#define MAX_REFS 1024
+#define MAX_QUEUED (64u << 20)
+#define DRAIN_MS 1000 /* a stopping node's wait for replies to go out */
 
-typedef struct conn conn;
-typedef struct req req;
+void rep__member_free(rep_node *n);
 
-struct rep_node {
-    rep_node_opts opt;
-    char *dir, *name, *listen_spec;
-    char addr[96]; /* actual listen address */
-    eng_db *db;
-    rep_store *store;
-    ring *ring;
-    uint64_t actor; /* this node's id in object clocks */
-    uv_loop_t loop;
-    uv_tcp_t server;
-    uv_async_t wake;
-    uv_signal_t sigint, sigterm;
-    bool listening, signals;
-    atomic_bool stop_asked;
-    bool stopping;
-    pthread_t thread;
-    bool started;
-    conn *conns; /* open connections */
-    req *reqs;   /* requests not yet answered */
-};
-
-struct conn {
-    rep_node *node;
-    conn *prev, *next;
-    uv_tcp_t tcp;
-    uv_timer_t idle;
-    rep_parser parser;
-    int handles;   /* open uv handles (tcp, idle) */
-    int refs;      /* requests that will answer on this connection */
-    bool hello;    /* the peer's HELLO arrived */
-    bool closing;  /* no more reads or writes */
-    char peer[64]; /* for log lines: address, then HELLO name */
-};
-
-struct req {
-    rep_node *node;
-    req *prev, *next;
-    conn *client;
-    uint64_t client_id;
-    uint16_t type; /* REP_GET or REP_PUT */
-    uint8_t need;  /* good replies that answer the request */
-    int nrep, oks, fails, inflight;
-    int first_error;
-    bool done, sync, tombstone;
-    kv_buf key, ctx, value;
-    kv_buf merged; /* get: objects merged so far */
-    bool have_obj;
-    uint32_t replicas[MAX_N];
-    uv_timer_t timer;
-    bool timer_open;
-};
-
-typedef enum work_op { W_GET, W_UPDATE } work_op;
-
-typedef struct work {
-    uv_work_t uv;
-    req *rq;
-    work_op op;
-    int rc;
-    kv_buf out;
-} work;
-
-static uint64_t now_us(void) {
+uint64_t rep__now_us(rep_node *n) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    int64_t us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return (uint64_t)(us + n->opt.clock_offset_us);
 }
 
 void rep_node_opts_init(rep_node_opts *o) {
     memset(o, 0, sizeof *o);
     o->partitions = RING_DEFAULT_PARTITIONS;
+    o->n_val = 3;
     o->timeout_ms = 5000;
     o->idle_ms = 60000;
+    o->gossip_ms = 500;
+    o->fd_timeout_ms = 3000;
     eng_options_init(&o->engine);
 }
 
+/* ---- the thread pool ---- */
+
+typedef struct gwork {
+    uv_work_t uv;
+    void (*fn)(void *);
+    void (*done)(void *, int);
+    void *arg;
+} gwork;
+
+static void gwork_run(uv_work_t *u) {
+    gwork *g = (gwork *)u;
+    g->fn(g->arg);
+}
+
+static void gwork_done(uv_work_t *u, int status) {
+    gwork *g = (gwork *)u;
+    void (*done)(void *, int) = g->done;
+    void *arg = g->arg;
+    kv_free(g);
+    done(arg, status == UV_ECANCELED ? KV_ECLOSED : status);
+}
+
+int rep__work(rep_node *n, void (*fn)(void *), void (*done)(void *, int),
+              void *arg) {
+    gwork *g = kv_calloc(1, sizeof *g);
+    if (!g) return -ENOMEM;
+    g->fn = fn;
+    g->done = done;
+    g->arg = arg;
+    if (uv_queue_work(&n->loop, &g->uv, gwork_run, gwork_done)) {
+        kv_free(g);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 /* ---- connections ---- */
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
 
 static void conn_maybe_free(conn *c) {
     if (c->handles > 0 || c->refs > 0) return;
@@ -135,8 +109,28 @@ static void conn_close(conn *c, const char *why) {
     else
         n->conns = c->next;
     if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
     uv_close((uv_handle_t *)&c->idle, on_handle_closed);
+}
+
+/* Read again once the backlog fell to half of its bounds. */
+static void conn_maybe_resume(conn *c) {
+    if (!c->paused || c->closing || c->draining) return;
+    if (c->refs > MAX_REFS / 2 || c->tcp.write_queue_size > MAX_QUEUED / 2)
+        return;
+    c->paused = false;
+    uv_read_start((uv_stream_t *)&c->tcp, rep__read_buf, on_read);
+}
+
+void rep__conn_ref(conn *c) {
+    c->refs++;
+}
+
+void rep__conn_unref(conn *c) {
+    c->refs--;
+    conn_maybe_resume(c);
+    conn_maybe_free(c);
 }
 
 typedef struct wreq {
@@ -149,11 +143,18 @@ static void on_written(uv_write_t *w, int status) {
     conn *c = w->data;
     kv_buf_release(&r->buf);
     kv_free(r);
-    if (status < 0 && !c->closing) conn_close(c, uv_strerror(status));
+    if (c->closing) return;
+    if (status < 0) {
+        conn_close(c, uv_strerror(status));
+    } else if (c->draining && c->tcp.write_queue_size == 0) {
+        conn_close(c, NULL);
+    } else {
+        conn_maybe_resume(c);
+    }
 }
 
 /* Send m on c; a connection that cannot take it is closed. */
-static void conn_send(conn *c, const rep_msg *m) {
+void rep__conn_send(conn *c, const rep_msg *m) {
     if (c->closing) return;
     wreq *r = kv_calloc(1, sizeof *r);
     if (!r) {
@@ -180,268 +181,127 @@ static void conn_send(conn *c, const rep_msg *m) {
 static void send_error(conn *c, uint64_t id, int code, const char *text) {
     rep_msg m = {.type = REP_ERROR, .id = id, .status = code};
     m.text = kv_slice_str(text);
-    conn_send(c, &m);
+    rep__conn_send(c, &m);
 }
 
-/* ---- requests ---- */
+/* ---- the replica side: replica-get and replica-put ---- */
 
-static void req_unlink(req *rq) {
-    rep_node *n = rq->node;
-    if (rq->prev)
-        rq->prev->next = rq->next;
-    else if (n->reqs == rq)
-        n->reqs = rq->next;
-    if (rq->next) rq->next->prev = rq->prev;
-    rq->prev = rq->next = NULL;
-}
+typedef struct rwork {
+    conn *c;
+    uint64_t id;
+    uint16_t type;
+    bool sync;
+    int rc;
+    kv_buf key, obj, out;
+} rwork;
 
-static void req_free_now(req *rq) {
-    kv_buf_release(&rq->key);
-    kv_buf_release(&rq->ctx);
-    kv_buf_release(&rq->value);
-    kv_buf_release(&rq->merged);
-    conn *c = rq->client;
-    kv_free(rq);
-    if (c) {
-        c->refs--;
-        conn_maybe_free(c);
-    }
-}
-
-static void on_timer_closed(uv_handle_t *h) {
-    req *rq = h->data;
-    rq->timer_open = false;
-    if (rq->done && rq->inflight == 0) req_free_now(rq);
-}
-
-/* Free rq once answered, its timer closed and no replica call pending. */
-static void req_maybe_free(req *rq) {
-    if (!rq->done || rq->inflight > 0) return;
-    if (rq->timer_open) {
-        if (!uv_is_closing((uv_handle_t *)&rq->timer))
-            uv_close((uv_handle_t *)&rq->timer, on_timer_closed);
-        return;
-    }
-    req_free_now(rq);
-}
-
-/* Answer rq with code (0: success) exactly once. */
-static void req_finish(req *rq, int code) {
-    if (rq->done) return;
-    rq->done = true;
-    req_unlink(rq);
-    uv_timer_stop(&rq->timer);
-    if (rq->client && !rq->client->closing) {
-        rep_msg m = {.id = rq->client_id, .status = code};
-        if (rq->type == REP_GET) {
-            m.type = REP_GET_REPLY;
-            if (code == 0) m.value = kv_buf_slice(&rq->merged);
-        } else {
-            m.type = REP_PUT_REPLY;
-        }
-        conn_send(rq->client, &m);
-    }
-    req_maybe_free(rq);
-}
-
-/* One replica's reply came in; answer when enough have, or when the rest
- * can no longer make enough. */
-static void req_count(req *rq, int rc) {
-    if (rc == 0 || (rq->type == REP_GET && rc == KV_ENOTFOUND)) {
-        rq->oks++;
-    } else {
-        rq->fails++;
-        if (!rq->first_error) rq->first_error = rc;
-    }
-    if (rq->done) return;
-    if (rq->oks >= rq->need) {
-        req_finish(rq, rq->type == REP_GET && !rq->have_obj ? KV_ENOTFOUND : 0);
-    } else if (rq->nrep - rq->fails < rq->need) {
-        kv_warn(MOD, "%s of '%.*s': %d of %d replicas failed (first: %s)",
-                rq->type == REP_GET ? "get" : "put", (int)rq->key.len,
-                (const char *)rq->key.ptr, rq->fails, rq->nrep,
-                kv_strerror(rq->first_error));
-        req_finish(rq, KV_EQUORUM);
-    }
-}
-
-static void on_deadline(uv_timer_t *t) {
-    req *rq = t->data;
-    req_finish(rq, KV_ETIMEDOUT);
-}
-
-static void work_run(uv_work_t *u) {
-    work *w = (work *)u;
-    req *rq = w->rq;
-    rep_store *s = rq->node->store;
-    kv_slice key = kv_buf_slice(&rq->key);
-    if (w->op == W_GET)
-        w->rc = rep_store_get(s, key, &w->out);
+static void replica_run(void *arg) {
+    rwork *w = arg;
+    rep_node *n = w->c->node;
+    if (w->type == REP_RGET)
+        w->rc = rep_store_get(n->store, kv_buf_slice(&w->key), &w->out);
     else
-        w->rc = rep_store_update(s, key, kv_buf_slice(&rq->ctx),
-                                 kv_buf_slice(&rq->value), rq->tombstone,
-                                 rq->sync, rq->node->actor, now_us(), &w->out);
+        w->rc = rep_store_merge(n->store, kv_buf_slice(&w->key),
+                                kv_buf_slice(&w->obj), w->sync, n->actor);
 }
 
-static void work_done(uv_work_t *u, int status) {
-    work *w = (work *)u;
-    req *rq = w->rq;
-    rq->inflight--;
-    int rc = status == UV_ECANCELED ? KV_ECLOSED : w->rc;
-    if (rc == 0 && w->op == W_GET && !rq->done) {
-        if (!rq->have_obj) {
-            rc = kv_buf_set(&rq->merged, w->out.ptr, w->out.len);
-            rq->have_obj = rc == 0;
-        } else {
-            kv_buf m = KV_BUF_INIT;
-            rc = rep_obj_merge(kv_buf_slice(&rq->merged), kv_buf_slice(&w->out),
-                               &m);
-            if (rc == 0) {
-                kv_buf_release(&rq->merged);
-                rq->merged = m;
-            } else {
-                kv_buf_release(&m);
-            }
-        }
+static void replica_done(void *arg, int status) {
+    rwork *w = arg;
+    rep_msg m = {.id = w->id, .status = status ? KV_ECLOSED : w->rc};
+    if (w->type == REP_RGET) {
+        m.type = REP_RGET_REPLY;
+        if (m.status == 0) m.value = kv_buf_slice(&w->out);
+    } else {
+        m.type = REP_RPUT_REPLY;
     }
+    rep__conn_send(w->c, &m);
+    rep__conn_unref(w->c);
+    kv_buf_release(&w->key);
+    kv_buf_release(&w->obj);
     kv_buf_release(&w->out);
     kv_free(w);
-    req_count(rq, rc);
-    req_maybe_free(rq);
 }
 
-/* Run op for rq on the local replica, on the thread pool. */
-static void local_call(req *rq, work_op op) {
-    work *w = kv_calloc(1, sizeof *w);
+static void serve_replica(conn *c, const rep_msg *m) {
+    rwork *w = kv_calloc(1, sizeof *w);
     if (!w) {
-        req_count(rq, -ENOMEM);
+        rep_msg e = {.type = m->type + 1, .id = m->id, .status = -ENOMEM};
+        rep__conn_send(c, &e);
         return;
     }
-    w->rq = rq;
-    w->op = op;
+    w->c = c;
+    w->id = m->id;
+    w->type = m->type;
+    w->sync = (m->flags & REP_PUT_SYNC) != 0;
+    kv_buf_init(&w->key);
+    kv_buf_init(&w->obj);
     kv_buf_init(&w->out);
-    rq->inflight++;
-    int rc = uv_queue_work(&rq->node->loop, &w->uv, work_run, work_done);
+    int rc = kv_buf_set(&w->key, m->key.ptr, m->key.len);
+    if (rc == 0) rc = kv_buf_set(&w->obj, m->value.ptr, m->value.len);
+    rep__conn_ref(c);
+    if (rc == 0) rc = rep__work(c->node, replica_run, replica_done, w);
     if (rc) {
-        rq->inflight--;
-        kv_free(w);
-        req_count(rq, -ENOMEM);
-    }
-}
-
-/* Start coordinating a client's GET or PUT. */
-static void coordinate(conn *c, const rep_msg *m) {
-    rep_node *n = c->node;
-    uint8_t nrep = m->n ? m->n : 3, r = m->r ? m->r : 2, w = m->w ? m->w : 2;
-    if (nrep > MAX_N || r > nrep || w > nrep || m->key.len == 0) {
-        rep_msg e = {.type = m->type == REP_GET ? REP_GET_REPLY : REP_PUT_REPLY,
-                     .id = m->id,
-                     .status = -EINVAL};
-        conn_send(c, &e);
-        return;
-    }
-    /* A context that does not decode is the client's error, answered
-     * before any replica is asked. */
-    if (m->type == REP_PUT && m->ctx.len) {
-        dvv_ctx *cx;
-        int rc = dvv_ctx_decode(m->ctx, &cx);
-        dvv_ctx_free(cx);
-        if (rc) {
-            rep_msg e = {.type = REP_PUT_REPLY,
-                         .id = m->id,
-                         .status = rc == -ENOMEM ? rc : KV_EPROTO};
-            conn_send(c, &e);
-            return;
-        }
-    }
-    req *rq = kv_calloc(1, sizeof *rq);
-    if (!rq) {
-        send_error(c, m->id, -ENOMEM, "out of memory");
-        return;
-    }
-    rq->node = n;
-    rq->client = c;
-    c->refs++;
-    rq->client_id = m->id;
-    rq->type = m->type;
-    rq->sync = (m->flags & REP_PUT_SYNC) != 0;
-    rq->tombstone = (m->flags & REP_PUT_DELETE) != 0;
-    kv_buf_init(&rq->key);
-    kv_buf_init(&rq->ctx);
-    kv_buf_init(&rq->value);
-    kv_buf_init(&rq->merged);
-    rq->next = n->reqs;
-    if (n->reqs) n->reqs->prev = rq;
-    n->reqs = rq;
-    uv_timer_init(&n->loop, &rq->timer);
-    rq->timer.data = rq;
-    rq->timer_open = true;
-    if (kv_buf_set(&rq->key, m->key.ptr, m->key.len) ||
-        kv_buf_set(&rq->ctx, m->ctx.ptr, m->ctx.len) ||
-        kv_buf_set(&rq->value, m->value.ptr, m->value.len)) {
-        req_finish(rq, -ENOMEM);
-        return;
-    }
-    /* The preference list, cut to the members the ring has: a cluster
-     * smaller than N stores fewer copies and says so in its quorum. */
-    uint64_t h = ring_hash(m->key);
-    rq->nrep = ring_preflist(n->ring, h, nrep, rq->replicas);
-    uint8_t want = m->type == REP_GET ? r : w;
-    rq->need = (uint8_t)KV_MIN((int)want, rq->nrep);
-    uint32_t tmo = m->timeout_ms ? m->timeout_ms : n->opt.timeout_ms;
-    uv_timer_start(&rq->timer, on_deadline, tmo, 0);
-    for (int i = 0; i < rq->nrep; i++) {
-        kv_slice member = ring_member(n->ring, rq->replicas[i]);
-        if (kv_slice_eq(member, kv_slice_str(n->name))) {
-            local_call(rq, m->type == REP_GET ? W_GET : W_UPDATE);
-        } else {
-            /* Other members are reached through the membership layer,
-             * which this node does not run yet: such a replica counts as
-             * unreachable. */
-            req_count(rq, KV_EQUORUM);
-        }
-        if (rq->done) break;
+        w->rc = rc;
+        replica_done(w, 0);
     }
 }
 
 /* ---- reading frames ---- */
 
+static int on_hello(conn *c, const rep_msg *m) {
+    rep_node *n = c->node;
+    if (m->type != REP_HELLO) {
+        send_error(c, m->id, KV_EPROTO, "expected hello");
+        return KV_EPROTO;
+    }
+    if (m->u64 != REP_PROTO_VERSION) {
+        send_error(c, m->id, KV_EVERSION, "protocol version not supported");
+        return KV_EVERSION;
+    }
+    c->hello = true;
+    rep_parser_set_limit(&c->parser, REP_MAX_PAYLOAD);
+    if (m->flags == REP_ROLE_NODE && ring_name_valid(m->text)) {
+        memcpy(c->member, m->text.ptr, m->text.len);
+        c->member[m->text.len] = '\0';
+    }
+    size_t at = strlen(c->peer);
+    snprintf(c->peer + at, sizeof c->peer - at, " (%.*s)",
+             (int)KV_MIN(m->text.len, 40), (const char *)m->text.ptr);
+    rep_msg h = {.type = REP_HELLO, .id = m->id, .u64 = REP_PROTO_VERSION};
+    h.flags = REP_ROLE_NODE;
+    h.text = kv_slice_str(n->name);
+    rep__conn_send(c, &h);
+    return 0;
+}
+
 static int on_frame(void *arg, const rep_msg *m) {
     conn *c = arg;
     rep_node *n = c->node;
-    if (!c->hello) {
-        if (m->type != REP_HELLO) {
-            send_error(c, m->id, KV_EPROTO, "expected hello");
-            return KV_EPROTO;
-        }
-        if (m->u64 != REP_PROTO_VERSION) {
-            send_error(c, m->id, KV_EVERSION, "protocol version not supported");
-            return KV_EVERSION;
-        }
-        c->hello = true;
-        rep_parser_set_limit(&c->parser, REP_MAX_PAYLOAD);
-        snprintf(c->peer + strlen(c->peer), sizeof c->peer - strlen(c->peer),
-                 " (%.*s)", (int)KV_MIN(m->text.len, 40),
-                 (const char *)m->text.ptr);
-        rep_msg h = {.type = REP_HELLO, .id = m->id, .u64 = REP_PROTO_VERSION};
-        h.flags = REP_ROLE_NODE;
-        h.text = kv_slice_str(n->name);
-        conn_send(c, &h);
-        return 0;
+    if (!c->hello) return on_hello(c, m);
+    if (c->member[0]) rep__peer_heard(n, kv_slice_str(c->member));
+    if (n->stopping && m->type != REP_PING) {
+        send_error(c, m->id, KV_ECLOSED, "node is stopping");
+        return KV_ECLOSED;
     }
     switch (m->type) {
     case REP_PING: {
         rep_msg p = {.type = REP_PONG, .id = m->id, .u64 = m->u64};
-        conn_send(c, &p);
+        rep__conn_send(c, &p);
         return 0;
     }
     case REP_GET:
     case REP_PUT:
-        if (n->stopping) {
-            send_error(c, m->id, KV_ECLOSED, "node is stopping");
-            return KV_ECLOSED;
-        }
-        coordinate(c, m);
+        rep__coord_start(c, m);
+        return 0;
+    case REP_RGET:
+    case REP_RPUT:
+        serve_replica(c, m);
+        return 0;
+    case REP_GOSSIP:
+        rep__member_gossip_in(c, m);
+        return 0;
+    case REP_LEAVE:
+        rep__member_leave_in(c, m);
         return 0;
     default:
         send_error(c, m->id, KV_EPROTO, "unexpected frame type");
@@ -449,7 +309,7 @@ static int on_frame(void *arg, const rep_msg *m) {
     }
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
+void rep__read_buf(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
     (void)h;
     (void)suggested;
     static __thread char buf[64 * 1024];
@@ -458,7 +318,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     conn *c = s->data;
-    if (nread == 0) return;
+    if (nread == 0 || c->closing) return;
     if (nread < 0) {
         conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
         return;
@@ -470,11 +330,28 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         kv_warn(MOD, "bad input from '%s': %s", c->peer,
                 *why ? why : kv_strerror(rc));
         conn_close(c, NULL);
+        return;
+    }
+    if (!c->closing && !c->paused &&
+        (c->refs >= MAX_REFS || c->tcp.write_queue_size >= MAX_QUEUED)) {
+        c->paused = true;
+        uv_read_stop((uv_stream_t *)&c->tcp);
     }
 }
 
 static void on_idle(uv_timer_t *t) {
-    conn_close(t->data, "idle timeout");
+    conn *c = t->data;
+    if (c->draining) {
+        conn_close(c, "replies not taken before the node stopped");
+        return;
+    }
+    /* Busy is not idle: wait while answers are due or unwritten. */
+    if (c->refs > 0 || c->tcp.write_queue_size > 0) return;
+    conn_close(c, "idle timeout");
+}
+
+static void on_refused_closed(uv_handle_t *h) {
+    kv_free(h);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -484,7 +361,19 @@ static void on_connection(uv_stream_t *server, int status) {
         return;
     }
     conn *c = kv_calloc(1, sizeof *c);
-    if (!c) return;
+    if (!c) {
+        /* Take the connection off the backlog and close it, or the
+         * listener would report it again and again. */
+        uv_tcp_t *t = malloc(sizeof *t);
+        if (t && uv_tcp_init(&n->loop, t) == 0) {
+            uv_accept(server, (uv_stream_t *)t);
+            uv_close((uv_handle_t *)t, on_refused_closed);
+        } else {
+            free(t);
+        }
+        kv_warn(MOD, "refused a connection: out of memory");
+        return;
+    }
     c->node = n;
     rep_parser_init(&c->parser, REP_HELLO_MAX_PAYLOAD);
     uv_tcp_init(&n->loop, &c->tcp);
@@ -511,15 +400,15 @@ static void on_connection(uv_stream_t *server, int status) {
     uv_tcp_nodelay(&c->tcp, 1);
     uv_tcp_keepalive(&c->tcp, 1, 30);
     uv_timer_start(&c->idle, on_idle, n->opt.idle_ms, n->opt.idle_ms);
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    uv_read_start((uv_stream_t *)&c->tcp, rep__read_buf, on_read);
 }
 
 /* ---- identity and lifecycle ---- */
 
 /* Write bytes to dir/name atomically: temp file, fsync, rename, fsync of
  * the directory. */
-static int write_atomic(const char *dir, const char *name, const void *p,
-                        size_t n) {
+int rep__write_atomic(const char *dir, const char *name, const void *p,
+                      size_t n) {
     char tmp[4096], dst[4096];
     snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
     snprintf(dst, sizeof dst, "%s/%s", dir, name);
@@ -590,43 +479,23 @@ static int load_identity(rep_node *n) {
         int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
         bool got = fd >= 0 && read(fd, &inc, sizeof inc) == sizeof inc;
         if (fd >= 0) close(fd);
-        if (!got) inc = now_us() ^ ((uint64_t)getpid() << 40);
+        if (!got) inc = rep__now_us(n) ^ ((uint64_t)getpid() << 40);
         char line[RING_MAX_NAME + 20];
         if (!n->name) {
             rc = -ENOMEM;
         } else {
             int len = snprintf(line, sizeof line, "%s\n%016" PRIx64 "\n",
                                n->name, inc);
-            rc = write_atomic(n->dir, "NODE", line, (size_t)len);
+            rc = rep__write_atomic(n->dir, "NODE", line, (size_t)len);
         }
     }
     kv_buf_release(&b);
     if (rc == 0) {
         uint8_t id[8];
+        n->incarnation = inc;
         kv_put_u64(id, inc);
         n->actor = kv_hash64(n->name, strlen(n->name), kv_hash64(id, 8, 0));
     }
-    return rc;
-}
-
-/* The ring the node last knew, or a new one-member ring. */
-static int load_ring(rep_node *n) {
-    kv_buf b = KV_BUF_INIT;
-    int rc = read_small(n->dir, "RING", 2u << 20, &b);
-    if (rc == 0) {
-        rc = ring_decode(kv_buf_slice(&b), &n->ring);
-        if (rc) kv_error(MOD, "'%s/RING': %s", n->dir, kv_strerror(rc));
-    } else if (rc == KV_ENOTFOUND) {
-        rc = ring_new(n->opt.partitions, kv_slice_str(n->name), &n->ring);
-        kv_buf_reset(&b);
-        if (rc == 0) rc = ring_encode(n->ring, &b);
-        if (rc == 0) rc = write_atomic(n->dir, "RING", b.ptr, b.len);
-    }
-    if (rc == 0 && ring_find(n->ring, kv_slice_str(n->name)) < 0) {
-        kv_error(MOD, "node '%s' is not a member of its ring", n->name);
-        rc = KV_ECORRUPT;
-    }
-    kv_buf_release(&b);
     return rc;
 }
 
@@ -650,6 +519,10 @@ int rep_node_open(const rep_node_opts *o, rep_node **out) {
      * needs many of them in flight (libuv's default is 4). Process-wide,
      * and only read when the pool first starts. */
     setenv("UV_THREADPOOL_SIZE", "32", 0);
+    /* A write to a connection the other side closed must be an error
+     * (EPIPE) on that connection, not a signal that ends the process;
+     * libuv writes without MSG_NOSIGNAL. Process-wide, like the above. */
+    signal(SIGPIPE, SIG_IGN);
     rep_node *n = kv_calloc(1, sizeof *n);
     if (!n) return -ENOMEM;
     n->opt = *o;
@@ -662,7 +535,7 @@ int rep_node_open(const rep_node_opts *o, rep_node **out) {
         kv_error(MOD, "cannot create '%s': %s", n->dir, strerror(errno));
         goto fail;
     }
-    if ((rc = load_identity(n)) || (rc = load_ring(n))) goto fail;
+    if ((rc = load_identity(n))) goto fail;
     char edir[4096];
     snprintf(edir, sizeof edir, "%s/engine", n->dir);
     if ((rc = eng_db_open(edir, &o->engine, &n->db))) {
@@ -695,6 +568,8 @@ int rep_node_open(const rep_node_opts *o, rep_node **out) {
         uv_ip4_name(&bound, ip, sizeof ip);
         snprintf(n->addr, sizeof n->addr, "%s:%u", ip, ntohs(bound.sin_port));
     }
+    if ((rc = rep__member_open(n))) goto fail;
+    rep__member_start(n);
     if (o->handle_signals) {
         uv_signal_init(&n->loop, &n->sigint);
         uv_signal_init(&n->loop, &n->sigterm);
@@ -731,8 +606,21 @@ static void shut_down(rep_node *n) {
     n->stopping = true;
     kv_info(MOD, "node '%s' stopping", n->name);
     if (n->listening) close_if_open((uv_handle_t *)&n->server);
-    while (n->reqs) req_finish(n->reqs, KV_ECLOSED);
-    while (n->conns) conn_close(n->conns, NULL);
+    rep__coord_stop_all(n);
+    rep__member_stop(n);
+    rep__peer_close_all(n);
+    /* Connections close once their last reply is written (bounded by
+     * DRAIN_MS), so the KV_ECLOSED answers above reach their clients. */
+    for (conn *c = n->conns, *next; c; c = next) {
+        next = c->next;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        if (c->tcp.write_queue_size == 0) {
+            conn_close(c, NULL);
+        } else {
+            c->draining = true;
+            uv_timer_start(&c->idle, on_idle, DRAIN_MS, DRAIN_MS);
+        }
+    }
     if (n->signals) {
         close_if_open((uv_handle_t *)&n->sigint);
         close_if_open((uv_handle_t *)&n->sigterm);
@@ -787,10 +675,11 @@ int rep_node_close(rep_node *n) {
         shut_down(n);
         uv_run(&n->loop, UV_RUN_DEFAULT);
     }
+    rep__peer_free_all(n);
     if (n->wake.loop) uv_loop_close(&n->loop);
+    rep__member_free(n);
     rep_store_free(n->store);
     int rc = n->db ? eng_db_close(n->db) : 0;
-    ring_free(n->ring);
     kv_free(n->dir);
     kv_free(n->name);
     kv_free(n);

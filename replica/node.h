@@ -21,14 +21,19 @@
 typedef struct rep_node rep_node;
 
 typedef struct rep_node_opts {
-    const char *data_dir; /* the node's directory; created if missing */
-    const char *listen;   /* "HOST:PORT"; NULL: no listener (in-process) */
-    const char *name;     /* member name; default: the listen address */
-    uint32_t partitions;  /* ring size of a new cluster, default 8192 */
-    uint32_t timeout_ms;  /* default request deadline, default 5000 */
-    uint32_t idle_ms;     /* close connections idle this long, 60000 */
-    bool handle_signals;  /* SIGINT and SIGTERM stop the node (CLI) */
-    eng_options engine;   /* the node's engine options */
+    const char *data_dir;    /* the node's directory; created if missing */
+    const char *listen;      /* "HOST:PORT"; NULL: no listener (in-process) */
+    const char *name;        /* member name; default: the listen address */
+    const char *join;        /* "HOST:PORT,...": seeds of a cluster to join */
+    uint32_t partitions;     /* ring size of a new cluster, default 8192 */
+    uint8_t n_val;           /* copies of every key (ownership, moves), 3 */
+    uint32_t timeout_ms;     /* default request deadline, default 5000 */
+    uint32_t idle_ms;        /* close connections idle this long, 60000 */
+    uint32_t gossip_ms;      /* gossip and heartbeat period, default 500 */
+    uint32_t fd_timeout_ms;  /* a member not heard this long is down, 3000 */
+    bool handle_signals;     /* SIGINT and SIGTERM stop the node (CLI) */
+    int64_t clock_offset_us; /* added to the wall clock (tests of skew) */
+    eng_options engine;      /* the node's engine options */
 } rep_node_opts;
 
 /* Defaults as above (engine defaults too). */

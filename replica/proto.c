@@ -4,9 +4,12 @@
  * A frame is a 24-byte header and a payload. The header's checksum covers
  * its first 16 bytes and the payload, so a frame is used only if every
  * byte is as sent. The payload length is checked against the parser's
- * limit from the header alone, before a byte of payload is buffered. A
- * payload is the fields its type carries, in one fixed order, and must be
- * consumed exactly. Format: docs/protocol.md.
+ * limit from the header alone, before a byte of payload is buffered, and
+ * the frame's buffer is then allocated once at exactly its size, so a
+ * parser never holds more than a header and its limit. The encoder
+ * refuses what the limits would make a receiver refuse. A payload is the
+ * fields its type carries, in one fixed order, and must be consumed
+ * exactly. Format: docs/protocol.md.
  */
 #include "replica/proto.h"
 
@@ -41,12 +44,16 @@ static const msg_kind kinds[] = {
     [REP_GET] = {"get", F_NRW | F_TIMEOUT | F_KEY, 0},
     [REP_GET_REPLY] = {"get-reply", F_STATUS | F_VALUE, 0},
     [REP_PUT] = {"put", F_NRW | F_FLAGS | F_TIMEOUT | F_KEY | F_CTX | F_VALUE,
-                 REP_PUT_DELETE | REP_PUT_SYNC},
+                 REP_PUT_DELETE | REP_PUT_SYNC | REP_PUT_FORWARDED},
     [REP_PUT_REPLY] = {"put-reply", F_STATUS, 0},
     [REP_RGET] = {"replica-get", F_KEY, 0},
     [REP_RGET_REPLY] = {"replica-get-reply", F_STATUS | F_VALUE, 0},
     [REP_RPUT] = {"replica-put", F_FLAGS | F_KEY | F_VALUE, REP_PUT_SYNC},
     [REP_RPUT_REPLY] = {"replica-put-reply", F_STATUS, 0},
+    [REP_GOSSIP] = {"gossip", F_VALUE, 0},
+    [REP_GOSSIP_REPLY] = {"gossip-reply", F_STATUS | F_VALUE, 0},
+    [REP_LEAVE] = {"leave", F_TEXT, 0},
+    [REP_LEAVE_REPLY] = {"leave-reply", F_STATUS, 0},
 };
 #define NKINDS (sizeof kinds / sizeof kinds[0])
 
@@ -59,19 +66,33 @@ const char *rep_msg_type_name(uint16_t type) {
     return k ? k->name : "unknown";
 }
 
-static bool fits(const msg_kind *k, const rep_msg *m) {
-    return (m->flags & ~k->flags) == 0 && m->key.len <= REP_MAX_KEY &&
-           m->ctx.len <= REP_MAX_VALUE && m->value.len <= REP_MAX_VALUE &&
-           m->text.len <= REP_MAX_KEY;
+/* The bytes of m's payload under kind k, or SIZE_MAX when a field it
+ * carries is over its own limit. */
+static size_t payload_len(const msg_kind *k, const rep_msg *m) {
+    static const size_t fixed[] = {4, 3, 4, 4, 8}; /* F_STATUS .. F_U64 */
+    const kv_slice *s[4] = {&m->key, &m->ctx, &m->value, &m->text};
+    const size_t max[4] = {REP_MAX_KEY, REP_MAX_VALUE, REP_MAX_VALUE,
+                           REP_MAX_KEY};
+    size_t n = 0;
+    for (int i = 0; i < 5; i++)
+        if (k->fields & (F_STATUS << i)) n += fixed[i];
+    for (int i = 0; i < 4; i++) {
+        if (!(k->fields & (F_KEY << i))) continue;
+        if (s[i]->len > max[i]) return SIZE_MAX;
+        n += kv_varint_len(s[i]->len) + s[i]->len;
+    }
+    return n;
 }
 
 int rep_msg_encode(const rep_msg *m, kv_buf *out) {
     const msg_kind *k = kind_of(m->type);
-    if (!k || !fits(k, m)) return -EINVAL;
+    if (!k || (m->flags & ~k->flags)) return -EINVAL;
+    /* Refused here, an oversize frame never reaches a receiver, which
+     * would refuse it and close the connection. */
+    size_t plen = payload_len(k, m);
+    if (plen > REP_MAX_PAYLOAD) return KV_ETOOLARGE;
     unsigned f = k->fields;
-    size_t need = REP_FRAME_HEADER + 4 + 3 + 4 + 4 + 8 + 4 * KV_VARINT_MAX +
-                  m->key.len + m->ctx.len + m->value.len + m->text.len;
-    int rc = kv_buf_reserve(out, need);
+    int rc = kv_buf_reserve(out, REP_FRAME_HEADER + plen);
     if (rc) return rc;
     size_t base = out->len;
     uint8_t *h = out->ptr + base, *p = h + REP_FRAME_HEADER;
@@ -103,7 +124,7 @@ int rep_msg_encode(const rep_msg *m, kv_buf *out) {
         if (s[i]->len) memcpy(p, s[i]->ptr, s[i]->len);
         p += s[i]->len;
     }
-    size_t plen = (size_t)(p - h) - REP_FRAME_HEADER;
+    KV_ASSERT((size_t)(p - h) == REP_FRAME_HEADER + plen);
     kv_put_u32(h, (uint32_t)plen);
     kv_put_u16(h + 4, m->type);
     kv_put_u16(h + 6, 0);
@@ -163,6 +184,18 @@ const char *rep_parser_why(const rep_parser *p) {
     return p->why;
 }
 
+/* Make b's capacity exactly total bytes, unless it already holds them. */
+static int reserve_exact(kv_buf *b, size_t total) {
+    if (b->cap >= total) return 0;
+    uint8_t *q = kv_realloc(b->ptr, total);
+    if (!q) return -ENOMEM;
+    b->ptr = q;
+    b->cap = total;
+    return 0;
+}
+
+/* From now on every feed returns rc; why names the check for the log
+ * line, or is "" when fn stopped the feed (the caller knows its code). */
 static int fail(rep_parser *p, int rc, const char *why) {
     p->error = rc;
     p->why = why;
@@ -191,6 +224,14 @@ int rep_parser_feed(rep_parser *p, const void *data, size_t n, rep_frame_fn fn,
         }
         if (have < want) {
             if (n == 0) break;
+            /* Once the header is in, the frame's length is known and
+             * checked: room for all of it is made at once and exactly,
+             * where growing by doubling would take up to twice the limit
+             * for a frame near it. */
+            if (want > REP_FRAME_HEADER) {
+                int rc = reserve_exact(&p->buf, p->start + want);
+                if (rc) return fail(p, rc, "out of memory");
+            }
             /* Up to the length field first, so it is checked before the
              * rest of the header is taken. */
             size_t take = KV_MIN(n, (have < 4 ? 4 : want) - have);
@@ -214,7 +255,7 @@ int rep_parser_feed(rep_parser *p, const void *data, size_t n, rep_frame_fn fn,
                                                    : "unknown frame type");
         p->start += want;
         int rc = fn(arg, &m);
-        if (rc) return rc;
+        if (rc) return fail(p, rc, "");
         if (p->start == p->buf.len) {
             p->buf.len = p->start = 0;
             /* A large frame's buffer is not kept for the connection's

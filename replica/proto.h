@@ -25,22 +25,27 @@ typedef enum rep_msg_type {
     REP_ERROR = 2, /* status and text; the sender then closes */
     REP_PING = 3,  /* u64: sender's clock, echoed by PONG */
     REP_PONG = 4,
-    REP_GET = 10,        /* client -> coordinator: n r w, timeout, key */
-    REP_GET_REPLY = 11,  /* status, value = encoded object (all siblings) */
-    REP_PUT = 12,        /* n r w, flags, timeout, key, ctx, value */
-    REP_PUT_REPLY = 13,  /* status */
-    REP_RGET = 20,       /* coordinator -> replica: key */
-    REP_RGET_REPLY = 21, /* status, value = the replica's object */
-    REP_RPUT = 22,       /* flags, key, value = object to merge */
-    REP_RPUT_REPLY = 23, /* status */
+    REP_GET = 10,          /* client -> coordinator: n r w, timeout, key */
+    REP_GET_REPLY = 11,    /* status, value = encoded object (all siblings) */
+    REP_PUT = 12,          /* n r w, flags, timeout, key, ctx, value */
+    REP_PUT_REPLY = 13,    /* status */
+    REP_RGET = 20,         /* coordinator -> replica: key */
+    REP_RGET_REPLY = 21,   /* status, value = the replica's object */
+    REP_RPUT = 22,         /* flags, key, value = object to merge */
+    REP_RPUT_REPLY = 23,   /* status */
+    REP_GOSSIP = 30,       /* value = sender's cluster state, or empty */
+    REP_GOSSIP_REPLY = 31, /* status, value = receiver's merged state */
+    REP_LEAVE = 32,        /* text = the receiving node's name: leave */
+    REP_LEAVE_REPLY = 33,  /* status */
 } rep_msg_type;
 
 /* flags of REP_HELLO: who is talking */
 enum { REP_ROLE_CLIENT = 0, REP_ROLE_NODE = 1 };
 /* flags of REP_PUT and REP_RPUT */
 enum {
-    REP_PUT_DELETE = 1, /* write a tombstone instead of value */
-    REP_PUT_SYNC = 2,   /* acknowledge only once in a synced WAL */
+    REP_PUT_DELETE = 1,    /* write a tombstone instead of value */
+    REP_PUT_SYNC = 2,      /* acknowledge only once in a synced WAL */
+    REP_PUT_FORWARDED = 4, /* put: from a node that is not a replica */
 };
 
 /* A decoded message. Slices borrow the frame's payload: from
@@ -59,7 +64,9 @@ typedef struct rep_msg {
 } rep_msg;
 
 /* Append m as one frame (header and payload) to out. -EINVAL for an
- * unknown type or a field over its limit (nothing appended), -ENOMEM. */
+ * unknown type or flags the type does not define, KV_ETOOLARGE for a
+ * field over its limit or a payload over REP_MAX_PAYLOAD (a frame every
+ * receiver would refuse), -ENOMEM; nothing is appended on error. */
 int rep_msg_encode(const rep_msg *m, kv_buf *out);
 
 /* Decode a frame's payload of the given type into *m (slices into
@@ -91,10 +98,13 @@ typedef int (*rep_frame_fn)(void *arg, const rep_msg *m);
  * and given to fn. KV_EPROTO (logged by the caller) for a frame that is
  * too large (refused from its header, before its payload is buffered), has
  * a bad checksum or unknown flags, or does not decode; -ENOMEM; or fn's
- * code. After an error every later feed returns it. */
+ * code. After an error, fn's included, every later feed returns it and
+ * parses nothing. A frame's buffer is allocated once its header is in,
+ * exactly its size. */
 int rep_parser_feed(rep_parser *p, const void *data, size_t n, rep_frame_fn fn,
                     void *arg);
-/* What made the parser fail, for the log line ("", if nothing did). */
+/* What made the parser fail, for the log line ("", if nothing did or
+ * fn's code did: the caller names that one). */
 const char *rep_parser_why(const rep_parser *p);
 
 const char *rep_msg_type_name(uint16_t type);

@@ -2,11 +2,12 @@
  * A node's objects in its engine (see store.h).
  *
  * Invariants: a stored value is always a valid encoded dvv set (it is
- * decoded before anything is derived from it, and a bad one is reported
- * as corruption, never overwritten blindly); a read-modify-write of a key
- * holds that key's stripe lock from the read to the write, so two writes
- * of one key cannot both start from the same old object and lose one.
- * Format of the stored value: docs/object-format.md.
+ * decoded before anything is derived from it or it is handed out, and a
+ * bad one is reported as corruption, never overwritten blindly); a
+ * read-modify-write of a key holds that key's stripe lock from the read
+ * to the write, so two writes of one key cannot both start from the same
+ * old object and lose one. Format of the stored value:
+ * docs/object-format.md.
  */
 #include "replica/store.h"
 #include "replica/dvv.h"
@@ -67,20 +68,27 @@ static pthread_mutex_t *lock_of(rep_store *s, kv_slice key) {
     return &s->locks[kv_hash64(key.ptr, key.len, 0) & (STRIPES - 1)];
 }
 
+/* Decode the stored value v of key into *out, logging, with the key, a
+ * value that is not an object (KV_ECORRUPT) or is one of a newer format
+ * (KV_EVERSION). */
+static int decode(kv_slice key, kv_slice v, dvv_set **out) {
+    int rc = dvv_set_decode(v, out);
+    if (rc && rc != -ENOMEM)
+        kv_error(MOD, "object '%.*s': stored value is not an object: %s",
+                 (int)KV_MIN(key.len, 200), (const char *)key.ptr,
+                 kv_strerror(rc));
+    return rc;
+}
+
 /* The stored set of key into *out (NULL if there is none). */
 static int load(rep_store *s, const okey *k, kv_slice key, dvv_set **out) {
     *out = NULL;
     kv_buf v = KV_BUF_INIT;
     int rc = eng_db_get(s->db, NULL, kv_slice_make(k->p, k->len), &v);
-    if (rc == KV_ENOTFOUND) {
+    if (rc == KV_ENOTFOUND)
         rc = 0;
-    } else if (rc == 0) {
-        rc = dvv_set_decode(kv_buf_slice(&v), out);
-        if (rc && rc != -ENOMEM)
-            kv_error(MOD, "object '%.*s': stored value is not an object: %s",
-                     (int)KV_MIN(key.len, 200), (const char *)key.ptr,
-                     kv_strerror(rc));
-    }
+    else if (rc == 0)
+        rc = decode(key, kv_buf_slice(&v), out);
     kv_buf_release(&v);
     return rc;
 }
@@ -97,9 +105,19 @@ static int store(rep_store *s, const okey *k, const dvv_set *set, bool sync,
 int rep_store_get(rep_store *s, kv_slice key, kv_buf *out) {
     okey k;
     int rc = okey_make(&k, key);
-    if (rc) return rc;
-    rc = eng_db_get(s->db, NULL, kv_slice_make(k.p, k.len), out);
-    okey_release(&k);
+    if (rc == 0) {
+        rc = eng_db_get(s->db, NULL, kv_slice_make(k.p, k.len), out);
+        okey_release(&k);
+    }
+    /* Only a valid object leaves the store: coordinators merge the bytes
+     * and clients decode them. dvv.h has no check short of a decode, so
+     * this copies the values once more. */
+    if (rc == 0) {
+        dvv_set *set;
+        rc = decode(key, kv_buf_slice(out), &set);
+        dvv_set_free(set);
+    }
+    if (rc) kv_buf_reset(out);
     return rc;
 }
 
@@ -172,5 +190,87 @@ int rep_obj_merge(kv_slice a, kv_slice b, kv_buf *out) {
     dvv_set_free(sa);
     dvv_set_free(sb);
     dvv_set_free(m);
+    return rc;
+}
+
+/* ---- ranges of placement hashes (moves, drops) ---- */
+
+static void hash_key(uint8_t out[9], uint64_t h) {
+    out[0] = 'o';
+    for (int i = 0; i < 8; i++) out[1 + i] = (uint8_t)(h >> (56 - 8 * i));
+}
+
+/* The placement hash of engine key k, or false if k is not an object's. */
+static bool key_hash(kv_slice k, uint64_t *h) {
+    if (k.len < 9 || k.ptr[0] != 'o') return false;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | k.ptr[1 + i];
+    *h = v;
+    return true;
+}
+
+int rep_store_scan(rep_store *s, uint64_t lo, uint64_t hi, kv_buf *cursor,
+                   size_t max_items, size_t max_bytes, rep_scan_fn fn,
+                   void *arg, bool *more) {
+    *more = false;
+    eng_iter *it;
+    int rc = eng_iter_new(s->db, NULL, &it);
+    if (rc) return rc;
+    uint8_t start[9];
+    hash_key(start, lo);
+    if (cursor->len)
+        eng_iter_seek(it, kv_buf_slice(cursor));
+    else
+        eng_iter_seek(it, kv_slice_make(start, sizeof start));
+    size_t items = 0, bytes = 0;
+    for (; eng_iter_valid(it); eng_iter_next(it)) {
+        kv_slice k = eng_iter_key(it), v = eng_iter_value(it);
+        uint64_t h;
+        if (!key_hash(k, &h) || h > hi) break;
+        if (cursor->len && kv_slice_eq(k, kv_buf_slice(cursor))) continue;
+        if (items >= max_items || bytes >= max_bytes) {
+            *more = true;
+            break;
+        }
+        rc = fn(arg, kv_slice_make(k.ptr + 9, k.len - 9), v);
+        if (rc == 0) rc = kv_buf_set(cursor, k.ptr, k.len);
+        if (rc) break;
+        items++;
+        bytes += k.len + v.len;
+    }
+    if (rc == 0) rc = eng_iter_status(it);
+    eng_iter_free(it);
+    return rc;
+}
+
+int rep_store_drop(rep_store *s, uint64_t lo, uint64_t hi, uint64_t *dropped) {
+    eng_iter *it;
+    eng_batch *b;
+    int rc = eng_iter_new(s->db, NULL, &it);
+    if (rc) return rc;
+    if ((rc = eng_batch_new(&b))) {
+        eng_iter_free(it);
+        return rc;
+    }
+    uint8_t start[9];
+    hash_key(start, lo);
+    for (eng_iter_seek(it, kv_slice_make(start, sizeof start));
+         eng_iter_valid(it) && rc == 0; eng_iter_next(it)) {
+        kv_slice k = eng_iter_key(it);
+        uint64_t h;
+        if (!key_hash(k, &h) || h > hi) break;
+        /* Under the key's lock: a replica-put racing the drop either
+         * lands before (and is dropped) or after (and stays). */
+        pthread_mutex_t *l = lock_of(s, kv_slice_make(k.ptr + 9, k.len - 9));
+        pthread_mutex_lock(l);
+        eng_batch_clear(b);
+        rc = eng_batch_delete(b, k);
+        if (rc == 0) rc = eng_db_write(s->db, b, 0);
+        pthread_mutex_unlock(l);
+        if (rc == 0) (*dropped)++;
+    }
+    if (rc == 0) rc = eng_iter_status(it);
+    eng_batch_free(b);
+    eng_iter_free(it);
     return rc;
 }

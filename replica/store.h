@@ -29,8 +29,11 @@ typedef struct rep_store rep_store;
 int rep_store_new(eng_db *db, rep_store **out);
 void rep_store_free(rep_store *s);
 
-/* The encoded object of key into out. KV_ENOTFOUND, KV_ECORRUPT (logged),
- * engine errors. */
+/* The encoded object of key into out (its contents replaced), decoded
+ * first so that only a valid object is returned. KV_ENOTFOUND;
+ * KV_ECORRUPT for stored bytes that are not an object and KV_EVERSION
+ * for an object of a newer format (both logged with the key, the bytes
+ * left in place); engine errors, -ENOMEM. out is empty on error. */
 int rep_store_get(rep_store *s, kv_slice key, kv_buf *out);
 
 /* Coordinating put: stored object + (ctx, value or tombstone) at actor,
@@ -50,5 +53,18 @@ int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, bool sync,
  * coordinator merging replies). KV_ECORRUPT for a bad encoding, -ENOMEM,
  * KV_ETOOLARGE. */
 int rep_obj_merge(kv_slice a, kv_slice b, kv_buf *out);
+
+/* Objects whose placement hash is in [lo, hi], in engine order, after the
+ * engine key in cursor (empty: from lo): fn(arg, key, object) for each,
+ * at most max_items of them or until max_bytes were passed, the cursor
+ * advanced past each one fn accepted. *more says whether the range has
+ * more. Engine errors, or the first error fn returns. */
+typedef int (*rep_scan_fn)(void *arg, kv_slice key, kv_slice obj);
+int rep_store_scan(rep_store *s, uint64_t lo, uint64_t hi, kv_buf *cursor,
+                   size_t max_items, size_t max_bytes, rep_scan_fn fn,
+                   void *arg, bool *more);
+/* Delete every object whose placement hash is in [lo, hi] (ownership
+ * moved away), adding the count to *dropped. */
+int rep_store_drop(rep_store *s, uint64_t lo, uint64_t hi, uint64_t *dropped);
 
 #endif

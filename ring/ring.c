@@ -138,6 +138,9 @@ uint32_t ring_partition(const ring *r, uint64_t h) {
 int ring_preflist(const ring *r, uint64_t h, int n, uint32_t *out) {
     int got = 0;
     uint32_t p = ring_partition(r, h);
+    /* Stop at n, or once every member is listed (small rings would walk
+     * the whole ring otherwise). */
+    if (n > (int)r->n) n = (int)r->n;
     for (uint32_t step = 0; step < r->q && got < n; step++) {
         uint32_t o = r->owner[p];
         bool seen = false;
@@ -166,33 +169,6 @@ static uint32_t dist(uint32_t a, uint32_t b, uint32_t q) {
     return KV_MIN(d, q - d);
 }
 
-/* Distance from p to the nearest entry of the sorted set s[0..ns), or q
- * when s is empty. */
-static uint32_t nearest(const uint32_t *s, uint32_t ns, uint32_t p,
-                        uint32_t q) {
-    if (ns == 0) return q;
-    uint32_t lo = 0, hi = ns; /* first index with s[i] >= p */
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (s[mid] < p)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    uint32_t after = s[lo % ns], before = s[(lo + ns - 1) % ns];
-    return KV_MIN(dist(p, after, q), dist(p, before, q));
-}
-
-static void sorted_insert(uint32_t *s, uint32_t *ns, uint32_t p) {
-    uint32_t i = *ns;
-    while (i > 0 && s[i - 1] > p) {
-        s[i] = s[i - 1];
-        i--;
-    }
-    s[i] = p;
-    (*ns)++;
-}
-
 int ring_join(const ring *r, kv_slice name, ring **out) {
     *out = NULL;
     if (!ring_name_valid(name)) return -EINVAL;
@@ -205,16 +181,20 @@ int ring_join(const ring *r, kv_slice name, ring **out) {
     uint32_t *byown = kv_malloc(q * sizeof *byown);
     uint32_t *start = kv_calloc(n + 1, sizeof *start);
     uint32_t *len = kv_calloc(n, sizeof *len);
-    uint32_t *mine = kv_malloc((take + 1) * sizeof *mine);
+    uint32_t *near = kv_malloc(q * sizeof *near);
     int rc = -ENOMEM;
-    if (!c || !byown || !start || !len || !mine) goto out;
+    if (!c || !byown || !start || !len || !near) goto out;
     set_name(c, n, name);
     for (uint32_t i = 0; i < n; i++) start[i + 1] = start[i] + r->owned[i];
     for (uint32_t p = 0; p < q; p++) {
         uint32_t o = r->owner[p];
         byown[start[o] + len[o]++] = p;
     }
-    uint32_t nmine = 0;
+    /* near[p]: distance from p to the nearest partition the newcomer
+     * has taken so far (q while it has none), kept up to date as it
+     * takes one, so each step costs O(q) instead of a search per
+     * candidate. */
+    for (uint32_t p = 0; p < q; p++) near[p] = q;
     for (uint32_t k = 0; k < take; k++) {
         uint32_t v = 0;
         for (uint32_t i = 1; i < n; i++)
@@ -224,7 +204,7 @@ int ring_join(const ring *r, kv_slice name, ring **out) {
          * ring instead of bunching. */
         uint32_t *cand = byown + start[v], best = 0, best_d = 0;
         for (uint32_t j = 0; j < len[v]; j++) {
-            uint32_t d = nearest(mine, nmine, cand[j], q);
+            uint32_t d = near[cand[j]];
             if (d > best_d || (d == best_d && cand[j] < cand[best])) {
                 best = j;
                 best_d = d;
@@ -235,7 +215,10 @@ int ring_join(const ring *r, kv_slice name, ring **out) {
         c->owner[p] = (uint16_t)n;
         c->owned[v]--;
         c->owned[n]++;
-        sorted_insert(mine, &nmine, p);
+        for (uint32_t x = 0; x < q; x++) {
+            uint32_t d = dist(x, p, q);
+            if (d < near[x]) near[x] = d;
+        }
     }
     *out = c;
     c = NULL;
@@ -245,7 +228,7 @@ out:
     kv_free(byown);
     kv_free(start);
     kv_free(len);
-    kv_free(mine);
+    kv_free(near);
     return rc;
 }
 
@@ -370,4 +353,14 @@ bool ring_equal(const ring *a, const ring *b) {
     for (uint32_t i = 0; i < a->n; i++)
         if (strcmp(a->names[i], b->names[i]) != 0) return false;
     return memcmp(a->owner, b->owner, a->q * sizeof *a->owner) == 0;
+}
+
+ring *ring_dup(const ring *r) {
+    ring *c = alloc_ring(r->q, r->n);
+    if (!c) return NULL;
+    c->epoch = r->epoch;
+    memcpy(c->names, r->names, r->n * sizeof *r->names);
+    memcpy(c->owned, r->owned, r->n * sizeof *r->owned);
+    memcpy(c->owner, r->owner, r->q * sizeof *r->owner);
+    return c;
 }

@@ -85,7 +85,107 @@ int ring_encode(const ring *r, kv_buf *out);
  * unknown version, -ENOMEM. Nothing is allocated before the sizes in the
  * header are checked against RING_MAX_* and the input length. */
 int ring_decode(kv_slice in, ring **out);
+/* A copy of r, or NULL when out of memory. */
+ring *ring_dup(const ring *r);
 /* true when a and b are the same ring (epoch, members, owners). */
 bool ring_equal(const ring *a, const ring *b);
+
+/* ---- cluster state ---------------------------------------------------------
+ * What every node gossips: the members and the ring. The state is a
+ * join-semilattice, so nodes that exchange states in any order, any number
+ * of times, end with the same one (ring_cluster_merge):
+ *
+ * - Each member has one entry that only that member changes (its address,
+ *   incarnation, "leave" request, and how far its transfers got), with a
+ *   version the member bumps on every change; the higher version wins.
+ * - The ring part (the serving ring, the next ring while ownership moves,
+ *   and their version) changes only at the claimant, the first member by
+ *   name of the serving ring that the claimant itself sees up; the higher
+ *   version wins, and two claimants that raced are ordered by checksum.
+ *
+ * A change of membership is two steps. The claimant computes the next ring
+ * (joins and leaves applied with ring_join/ring_leave, names in order);
+ * every member of either ring moves the data it holds to the next ring's
+ * owners and then reports done for that version; once all have, the
+ * claimant makes the next ring the serving ring. Until then the serving
+ * ring places every request. docs/ring-format.md (encoding) and
+ * docs/ARCHITECTURE.md (why).
+ *
+ * A ring_cluster is immutable and reference counted: any number of threads
+ * may read one; every change returns a new one.
+ */
+#define RING_MAX_ADDR 63u /* bytes in a member's "HOST:PORT" */
+/* Entries a state holds, removed members included. */
+#define RING_MAX_ENTRIES (2u * RING_MAX_MEMBERS)
+
+typedef struct ring_cluster ring_cluster;
+
+typedef enum ring_status {
+    RING_JOINING, /* known, in neither ring yet */
+    RING_VALID,   /* in the serving or the next ring */
+    RING_LEAVING, /* asked to leave, still in a ring */
+    RING_REMOVED, /* asked to leave and in no ring: gone for good */
+} ring_status;
+
+typedef struct ring_member_info {
+    kv_slice name, addr;  /* valid while the state lives */
+    uint64_t incarnation; /* drawn when the member's data directory began */
+    uint64_t version;     /* of this entry, bumped by the member */
+    uint64_t done;        /* the last next-ring version it moved data for */
+    bool leave;
+    ring_status status;
+} ring_member_info;
+
+/* A state with one member, `name` at `addr`. With partitions > 0 it founds a
+ * cluster: a new ring owned by name, version 1. With 0 it knows no ring
+ * yet (a node joining through seeds, which learns the ring by gossip).
+ * -EINVAL for a bad name, address or partition count, -ENOMEM. */
+int ring_cluster_new(uint32_t partitions, kv_slice name, kv_slice addr,
+                     uint64_t incarnation, ring_cluster **out);
+ring_cluster *ring_cluster_ref(ring_cluster *c);
+void ring_cluster_unref(ring_cluster *c);
+
+/* The version of the ring part, the version at which the next ring was
+ * set (0 when none), the serving ring (NULL before a joining node learned
+ * one) and the next ring (NULL when ownership is not moving). */
+uint64_t ring_cluster_version(const ring_cluster *c);
+uint64_t ring_cluster_next_version(const ring_cluster *c);
+const ring *ring_cluster_ring(const ring_cluster *c);
+const ring *ring_cluster_next(const ring_cluster *c);
+/* Entries (by name ascending), entry i, and the index of name or -1. */
+uint32_t ring_cluster_members(const ring_cluster *c);
+ring_member_info ring_cluster_member(const ring_cluster *c, uint32_t i);
+int ring_cluster_find(const ring_cluster *c, kv_slice name);
+
+/* c with name's own entry set to addr, incarnation, leave and done, at a
+ * version above any this state holds for name (a member restarted with a
+ * new incarnation thereby overrides what others remember of its old one).
+ * -EINVAL for bad input, KV_ETOOLARGE past RING_MAX_ENTRIES, -ENOMEM. */
+int ring_cluster_set_self(const ring_cluster *c, kv_slice name, kv_slice addr,
+                          uint64_t incarnation, bool leave, uint64_t done,
+                          ring_cluster **out);
+/* The least upper bound of a and b. Commutative, associative, idempotent.
+ * -EINVAL when their rings have different partition counts (two clusters),
+ * KV_ETOOLARGE past RING_MAX_ENTRIES, -ENOMEM. */
+int ring_cluster_merge(const ring_cluster *a, const ring_cluster *b,
+                       ring_cluster **out);
+/* true when a and b hold the same ring part and the same entries. */
+bool ring_cluster_equal(const ring_cluster *a, const ring_cluster *b);
+
+/* The claimant: the first member of the serving ring, by name, for which
+ * up(arg, name) is true; -1 when there is none (or no ring). */
+int ring_cluster_claimant(const ring_cluster *c,
+                          bool (*up)(void *arg, kv_slice name), void *arg);
+/* One step of the claimant: with no move in progress, a next ring with
+ * every joining member added and every leaving member removed; with one in
+ * progress and every member of either ring done with it, the next ring
+ * becomes the serving ring. *out = the new state and 1, or NULL and 0 when
+ * there is nothing to do; -ENOMEM, or ring_join's errors. */
+int ring_cluster_claim(const ring_cluster *c, ring_cluster **out);
+
+/* Encoding (versioned, checksummed): docs/ring-format.md. Decode checks
+ * every bound before allocating: KV_ECORRUPT, KV_EVERSION, -ENOMEM. */
+int ring_cluster_encode(const ring_cluster *c, kv_buf *out);
+int ring_cluster_decode(kv_slice in, ring_cluster **out);
 
 #endif

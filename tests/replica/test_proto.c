@@ -3,7 +3,10 @@
  * round-trips, a stream split at every byte boundary yields the same
  * frames, and bad input (oversize, flipped bits, unknown type or flags,
  * short or long payloads, fields over their limits) is refused with
- * KV_EPROTO before anything large is allocated.
+ * KV_EPROTO before anything large is allocated. A frame at the payload
+ * limit is buffered in one allocation of exactly its size, the encoder
+ * refuses (KV_ETOOLARGE) what a receiver would, and a callback's error
+ * fails the parser for good.
  */
 #include "replica/proto.h"
 #include "tests/testutil.h"
@@ -267,7 +270,7 @@ Test(proto, encoder_refuses_what_a_decoder_would) {
     static uint8_t big[REP_MAX_KEY + 1];
     m = sample(REP_GET, 1);
     m.key = kv_slice_make(big, sizeof big);
-    EXPECT_RC(rep_msg_encode(&m, &f), -EINVAL);
+    EXPECT_RC(rep_msg_encode(&m, &f), KV_ETOOLARGE);
     cr_assert_eq(f.len, 0, "nothing appended");
     /* A key at the limit is fine, and decodes. */
     m.key = kv_slice_make(big, REP_MAX_KEY);
@@ -307,4 +310,110 @@ Test(proto, callback_error_stops_the_feed) {
     cr_assert_eq(seen, 2);
     rep_parser_release(&p);
     kv_buf_release(&s);
+}
+
+/* The callback's error makes the parser fail like a bad frame: a later
+ * feed returns it and delivers nothing more. */
+Test(proto, callback_error_is_sticky) {
+    kv_buf s = KV_BUF_INIT;
+    for (int i = 0; i < 4; i++) {
+        rep_msg m = sample(REP_PING, (uint64_t)i);
+        OK(rep_msg_encode(&m, &s));
+    }
+    size_t one = s.len / 4;
+    rep_parser p;
+    rep_parser_init(&p, REP_MAX_PAYLOAD);
+    int seen = 0;
+    EXPECT_RC(rep_parser_feed(&p, s.ptr, 2 * one, stop_at_second, &seen),
+              -ECANCELED);
+    EXPECT_RC(
+        rep_parser_feed(&p, s.ptr + 2 * one, 2 * one, stop_at_second, &seen),
+        -ECANCELED);
+    cr_assert_eq(seen, 2, "%d frames delivered", seen);
+    rep_parser_release(&p);
+    kv_buf_release(&s);
+}
+
+/* A PUT frame whose payload is exactly plen bytes (key "k", a value of
+ * REP_MAX_VALUE bytes, the context of *ctx_len bytes filling the rest),
+ * encoded into f; its fields borrow zeros (the caller frees *zeros). */
+static int encode_put_of(size_t plen, kv_buf *f, uint8_t **zeros,
+                         size_t *ctx_len) {
+    size_t vlen = REP_MAX_VALUE;
+    size_t fixed = 3 + 4 + 4 + 2 + kv_varint_len(vlen) + vlen, clen = 0;
+    for (size_t k = 1; k <= KV_VARINT_MAX; k++)
+        if (kv_varint_len(clen = plen - fixed - k) == k) break;
+    cr_assert_eq(kv_varint_len(clen) + clen + fixed, plen);
+    *ctx_len = clen;
+    *zeros = kv_calloc(1, KV_MAX(vlen, clen));
+    cr_assert_not_null(*zeros);
+    rep_msg m = sample(REP_PUT, 5);
+    m.ctx = kv_slice_make(*zeros, clen);
+    m.value = kv_slice_make(*zeros, vlen);
+    m.key = S("k");
+    return rep_msg_encode(&m, f);
+}
+
+/* Each field within its limit, but together over REP_MAX_PAYLOAD: no
+ * receiver would take the frame, so the encoder refuses it. */
+Test(proto, encoder_refuses_a_payload_over_the_limit) {
+    kv_buf f = KV_BUF_INIT;
+    uint8_t *zeros;
+    size_t clen;
+    EXPECT_RC(encode_put_of(REP_MAX_PAYLOAD + 1u, &f, &zeros, &clen),
+              KV_ETOOLARGE);
+    cr_assert_eq(f.len, 0, "nothing appended");
+    kv_free(zeros);
+    OK(encode_put_of(REP_MAX_PAYLOAD, &f, &zeros, &clen));
+    cr_assert_eq(kv_get_u32(f.ptr), REP_MAX_PAYLOAD);
+    cr_assert_eq(f.len, REP_FRAME_HEADER + REP_MAX_PAYLOAD);
+    kv_free(zeros);
+    kv_buf_release(&f);
+}
+
+typedef struct big_seen {
+    int n;
+    size_t ctx, value;
+} big_seen;
+
+/* Allocates nothing, so it runs under allocation failure injection. */
+static int note_sizes(void *arg, const rep_msg *m) {
+    big_seen *b = arg;
+    b->n++;
+    b->ctx = m->ctx.len;
+    b->value = m->value.len;
+    return 0;
+}
+
+/* A frame at the payload limit, fed 1 MiB at a time: once its header is
+ * in, the parser makes room for exactly that frame with one allocation
+ * (growing by doubling took up to twice the limit, in many steps). */
+Test(proto, frame_at_the_limit_is_buffered_in_one_exact_allocation) {
+    kv_buf f = KV_BUF_INIT;
+    uint8_t *zeros;
+    size_t clen;
+    OK(encode_put_of(REP_MAX_PAYLOAD, &f, &zeros, &clen));
+    kv_free(zeros);
+    rep_parser p;
+    rep_parser_init(&p, REP_MAX_PAYLOAD);
+    big_seen seen = {0};
+    OK(rep_parser_feed(&p, f.ptr, REP_FRAME_HEADER, note_sizes, &seen));
+    kv_alloc_fail_after(1); /* one allocation from here on, no more */
+    size_t off = REP_FRAME_HEADER, chunk = 1u << 20;
+    int rc = 0;
+    while (rc == 0 && off < f.len - 1) {
+        size_t n = KV_MIN(chunk, f.len - 1 - off);
+        rc = rep_parser_feed(&p, f.ptr + off, n, note_sizes, &seen);
+        off += n;
+    }
+    kv_alloc_fail_after(-1);
+    OK(rc);
+    cr_assert_eq(p.buf.cap, REP_FRAME_HEADER + REP_MAX_PAYLOAD);
+    cr_assert_eq(seen.n, 0);
+    OK(rep_parser_feed(&p, f.ptr + off, 1, note_sizes, &seen));
+    cr_assert_eq(seen.n, 1);
+    cr_assert_eq(seen.value, REP_MAX_VALUE);
+    cr_assert_eq(seen.ctx, clen);
+    rep_parser_release(&p);
+    kv_buf_release(&f);
 }

@@ -3,7 +3,8 @@
  * update and the replica merge on a real engine, replicas converging
  * whatever order writes reach them in, concurrent read-modify-writes of
  * one key losing nothing, a damaged stored object reported and never
- * overwritten, and the engine key layout (each partition one range).
+ * overwritten nor handed out by a get, and the engine key layout (each
+ * partition one range).
  */
 #include "engine/engine.h"
 #include "replica/dvv.h"
@@ -197,5 +198,78 @@ Test(store, partitions_are_contiguous_engine_ranges) {
     cr_assert_eq(seen, 300);
     eng_iter_free(it);
     ring_free(r);
+    kv_buf_release(&out);
+}
+
+/* The engine key rep_store uses for key: "o", ring_hash(key) big-endian,
+ * the key (store.h). Built here independently, to plant bytes under it. */
+static void engine_key(const char *key, kv_buf *out) {
+    uint8_t k[9] = {'o'};
+    uint64_t h = ring_hash(S(key));
+    for (int i = 0; i < 8; i++) k[1 + i] = (uint8_t)(h >> (56 - 8 * i));
+    OK(kv_buf_set(out, k, sizeof k));
+    OK(kv_buf_append(out, key, strlen(key)));
+}
+
+typedef struct lines {
+    char text[8][256];
+    int n;
+} lines;
+
+static void keep_line(kv_log_level lvl, const char *line, void *arg) {
+    lines *l = arg;
+    (void)lvl;
+    if (l->n < 8) snprintf(l->text[l->n++], sizeof l->text[0], "%s", line);
+}
+
+static bool logged(const lines *l, const char *needle) {
+    for (int i = 0; i < l->n; i++)
+        if (strstr(l->text[i], needle)) return true;
+    return false;
+}
+
+/* A get hands out only valid objects: bytes that do not decode are
+ * KV_ECORRUPT, logged with the key, and the caller receives none of them
+ * (they were returned as if they were an object). */
+Test(store, get_of_a_damaged_object_is_corrupt) {
+    kv_buf ek = KV_BUF_INIT, out = KV_BUF_INIT;
+    engine_key("carts/alice", &ek);
+    OK(eng_db_put(g_db[0], kv_buf_slice(&ek), S("garbage, not an object"),
+                  ENG_WF_DEFAULT));
+    lines l = {.n = 0};
+    kv_log_set_sink(keep_line, &l);
+    OK(kv_buf_set(&out, "stale", 5));
+    EXPECT_RC(rep_store_get(g_st[0], S("carts/alice"), &out), KV_ECORRUPT);
+    quiet_log();
+    cr_assert_eq(out.len, 0, "%zu bytes returned", out.len);
+    cr_assert(logged(&l, "'carts/alice'"), "no log line names the key");
+    /* The stored bytes are left alone, and other keys are unaffected. */
+    kv_buf raw = KV_BUF_INIT;
+    OK(eng_db_get(g_db[0], NULL, kv_buf_slice(&ek), &raw));
+    cr_assert(kv_slice_eq(kv_buf_slice(&raw), S("garbage, not an object")));
+    EXPECT_RC(rep_store_get(g_st[0], S("carts/bob"), &out), KV_ENOTFOUND);
+    kv_buf_release(&raw);
+    kv_buf_release(&ek);
+    kv_buf_release(&out);
+}
+
+/* A whole object of a newer format version is not corrupt: the get
+ * returns KV_EVERSION (see docs/object-format.md, recovery step 4). */
+Test(store, get_of_a_newer_version_is_eversion) {
+    kv_buf obj = KV_BUF_INIT, ek = KV_BUF_INIT, out = KV_BUF_INIT;
+    OK(rep_store_update(g_st[0], S("k"), S(""), S("v"), false, false, 1, 1,
+                        &obj));
+    OK(rep_store_get(g_st[0], S("k"), &out));
+    cr_assert(kv_slice_eq(kv_buf_slice(&out), kv_buf_slice(&obj)));
+    /* Version 2 at offset 4, checksum (the last 8 bytes) made to match. */
+    kv_put_u32(obj.ptr + 4, 2);
+    kv_put_u64(obj.ptr + obj.len - 8, kv_checksum(obj.ptr, obj.len - 8));
+    engine_key("k", &ek);
+    OK(eng_db_put(g_db[0], kv_buf_slice(&ek), kv_buf_slice(&obj),
+                  ENG_WF_DEFAULT));
+    EXPECT_RC(rep_store_get(g_st[0], S("k"), &out), KV_EVERSION);
+    cr_assert_eq(out.len, 0);
+    kv_buf_release(&obj);
+    kv_buf_release(&ek);
     kv_buf_release(&out);
 }

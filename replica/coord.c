@@ -1,0 +1,454 @@
+/*
+ * The coordinator: a client's get or put, from preference list to answer
+ * (docs/protocol.md, "The coordinator").
+ *
+ * get: every replica of the key reads its object (the local one on the
+ * thread pool, the others with replica-get); the objects are merged and
+ * the answer goes out at R good replies.
+ * put: the put must be coordinated by a replica, which makes the new
+ * version with a dot of its own. A node that is not one of the key's
+ * replicas forwards the put, unchanged, to the first replica it sees up.
+ * The coordinating replica updates its copy, then sends the new object to
+ * the others with replica-put; W good replies answer. While ownership
+ * moves, the object also goes to the next ring's owners (not counted: they
+ * are not replicas yet, and the move brings them everything older).
+ *
+ * A request ends exactly once: at R or W good replies, when the rest can
+ * no longer make R or W (KV_EQUORUM), at its deadline (KV_ETIMEDOUT) or
+ * when the node stops (KV_ECLOSED). It is freed once it has ended, its
+ * timer is closed and no call it made is still out.
+ */
+#include "replica/dvv.h"
+#include "replica/node_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+struct req {
+    rep_node *node;
+    req *prev, *next;
+    conn *client;
+    uint64_t client_id;
+    uint16_t type; /* REP_GET or REP_PUT */
+    uint8_t n, need;
+    int nrep, oks, fails, inflight;
+    int first_error;
+    int forward_from; /* put forwarded: next preflist index to try */
+    uint32_t timeout_ms;
+    bool done, sync, tombstone, have_obj;
+    kv_buf key, ctx, value;
+    kv_buf obj; /* get: objects merged so far; put: the new object */
+    uint64_t started;
+    uv_timer_t timer;
+    bool timer_open;
+};
+
+typedef struct lwork {
+    req *rq;
+    int rc;
+    kv_buf out;
+} lwork;
+
+static const char *op_name(const req *rq) {
+    return rq->type == REP_GET ? "get" : rq->tombstone ? "delete" : "put";
+}
+
+/* ---- lifetime ---- */
+
+static void req_unlink(req *rq) {
+    rep_node *n = rq->node;
+    if (rq->prev)
+        rq->prev->next = rq->next;
+    else if (n->reqs == rq)
+        n->reqs = rq->next;
+    if (rq->next) rq->next->prev = rq->prev;
+    rq->prev = rq->next = NULL;
+}
+
+static void req_free_now(req *rq) {
+    kv_buf_release(&rq->key);
+    kv_buf_release(&rq->ctx);
+    kv_buf_release(&rq->value);
+    kv_buf_release(&rq->obj);
+    if (rq->client) rep__conn_unref(rq->client);
+    kv_free(rq);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+    req *rq = h->data;
+    rq->timer_open = false;
+    if (rq->done && rq->inflight == 0) req_free_now(rq);
+}
+
+static void req_maybe_free(req *rq) {
+    if (!rq->done || rq->inflight > 0) return;
+    if (rq->timer_open) {
+        if (!uv_is_closing((uv_handle_t *)&rq->timer))
+            uv_close((uv_handle_t *)&rq->timer, on_timer_closed);
+        return;
+    }
+    req_free_now(rq);
+}
+
+/* Answer rq with code (0: success) exactly once. */
+static void req_finish(req *rq, int code) {
+    if (rq->done) return;
+    rq->done = true;
+    req_unlink(rq);
+    uv_timer_stop(&rq->timer);
+    rep_msg m = {.id = rq->client_id, .status = code};
+    if (rq->type == REP_GET) {
+        m.type = REP_GET_REPLY;
+        if (code == 0) m.value = kv_buf_slice(&rq->obj);
+    } else {
+        m.type = REP_PUT_REPLY;
+    }
+    rep__conn_send(rq->client, &m);
+    req_maybe_free(rq);
+}
+
+/* One replica's answer: finish when enough were good, or when the rest
+ * can no longer make enough. */
+static void req_count(req *rq, int rc) {
+    if (rc == 0 || (rq->type == REP_GET && rc == KV_ENOTFOUND)) {
+        rq->oks++;
+    } else {
+        rq->fails++;
+        if (!rq->first_error) rq->first_error = rc;
+    }
+    if (rq->done) return;
+    if (rq->oks >= rq->need) {
+        req_finish(rq, rq->type == REP_GET && !rq->have_obj ? KV_ENOTFOUND : 0);
+    } else if (rq->nrep - rq->fails < rq->need) {
+        kv_warn(MOD, "%s of '%.*s': %d of %d replicas failed (first: %s)",
+                op_name(rq), (int)KV_MIN(rq->key.len, 200),
+                (const char *)rq->key.ptr, rq->fails, rq->nrep,
+                kv_strerror(rq->first_error));
+        req_finish(rq, KV_EQUORUM);
+    }
+}
+
+static void on_deadline(uv_timer_t *t) {
+    req *rq = t->data;
+    kv_warn(MOD,
+            "%s of '%.*s': deadline of %u ms passed with %d of %d "
+            "replies good",
+            op_name(rq), (int)KV_MIN(rq->key.len, 200),
+            (const char *)rq->key.ptr, rq->timeout_ms, rq->oks, rq->need);
+    req_finish(rq, KV_ETIMEDOUT);
+}
+
+void rep__coord_stop_all(rep_node *n) {
+    while (n->reqs) req_finish(n->reqs, KV_ECLOSED);
+}
+
+/* ---- get ---- */
+
+/* Merge one replica's object into the answer. */
+static int take_object(req *rq, kv_slice obj) {
+    if (!rq->have_obj) {
+        int rc = kv_buf_set(&rq->obj, obj.ptr, obj.len);
+        rq->have_obj = rc == 0;
+        return rc;
+    }
+    kv_buf m = KV_BUF_INIT;
+    int rc = rep_obj_merge(kv_buf_slice(&rq->obj), obj, &m);
+    if (rc == 0) {
+        kv_buf_release(&rq->obj);
+        rq->obj = m;
+    } else {
+        kv_buf_release(&m);
+        kv_warn(MOD, "get of '%.*s': a replica's object: %s",
+                (int)KV_MIN(rq->key.len, 200), (const char *)rq->key.ptr,
+                kv_strerror(rc));
+    }
+    return rc;
+}
+
+static void local_get_run(void *arg) {
+    lwork *w = arg;
+    req *rq = w->rq;
+    w->rc = rep_store_get(rq->node->store, kv_buf_slice(&rq->key), &w->out);
+}
+
+static void local_get_done(void *arg, int status) {
+    lwork *w = arg;
+    req *rq = w->rq;
+    rq->inflight--;
+    int rc = status ? KV_ECLOSED : w->rc;
+    if (rc == 0 && !rq->done) rc = take_object(rq, kv_buf_slice(&w->out));
+    kv_buf_release(&w->out);
+    kv_free(w);
+    req_count(rq, rc);
+    req_maybe_free(rq);
+}
+
+static void on_rget(void *arg, int status, const rep_msg *reply) {
+    req *rq = arg;
+    rq->inflight--;
+    int rc = status ? status : reply->status;
+    if (rc == 0 && !rq->done) rc = take_object(rq, reply->value);
+    req_count(rq, rc);
+    req_maybe_free(rq);
+}
+
+/* ---- put ---- */
+
+static void on_rput(void *arg, int status, const rep_msg *reply) {
+    req *rq = arg;
+    rq->inflight--;
+    req_count(rq, status ? status : reply->status);
+    req_maybe_free(rq);
+}
+
+/* A next owner's answer: not counted (see the top of the file). */
+static void on_rput_next(void *arg, int status, const rep_msg *reply) {
+    req *rq = arg;
+    rq->inflight--;
+    int rc = status ? status : reply->status;
+    if (rc)
+        kv_info(MOD, "put of '%.*s' to a next owner: %s",
+                (int)KV_MIN(rq->key.len, 200), (const char *)rq->key.ptr,
+                kv_strerror(rc));
+    req_maybe_free(rq);
+}
+
+static void send_rput(req *rq, kv_slice name, kv_slice addr, rep__peer_cb cb) {
+    rep_msg m = {.type = REP_RPUT,
+                 .flags = rq->sync ? REP_PUT_SYNC : 0,
+                 .key = kv_buf_slice(&rq->key),
+                 .value = kv_buf_slice(&rq->obj)};
+    rq->inflight++;
+    int rc = rep__peer_call(rq->node, name, addr, &m, cb, rq);
+    if (rc) {
+        rq->inflight--;
+        if (cb == on_rput) req_count(rq, rc);
+    }
+}
+
+static void local_update_run(void *arg) {
+    lwork *w = arg;
+    req *rq = w->rq;
+    rep_node *n = rq->node;
+    w->rc = rep_store_update(n->store, kv_buf_slice(&rq->key),
+                             kv_buf_slice(&rq->ctx), kv_buf_slice(&rq->value),
+                             rq->tombstone, rq->sync, n->actor, rep__now_us(n),
+                             &w->out);
+}
+
+static void local_update_done(void *arg, int status) {
+    lwork *w = arg;
+    req *rq = w->rq;
+    rep_node *n = rq->node;
+    rq->inflight--;
+    int rc = status ? KV_ECLOSED : w->rc;
+    kv_buf_release(&rq->obj);
+    rq->obj = w->out;
+    kv_free(w);
+    if (rc) {
+        /* Without the new object no other replica can be written. */
+        kv_warn(MOD, "%s of '%.*s': local update: %s", op_name(rq),
+                (int)KV_MIN(rq->key.len, 200), (const char *)rq->key.ptr,
+                kv_strerror(rc));
+        if (!rq->done) req_finish(rq, rc == KV_ECORRUPT ? rc : KV_EQUORUM);
+        req_maybe_free(rq);
+        return;
+    }
+    req_count(rq, 0);
+    if (!n->stopping) {
+        kv_slice names[REP_MAX_N], addrs[REP_MAX_N];
+        kv_slice nnames[REP_MAX_N], naddrs[REP_MAX_N];
+        int nnext = 0;
+        int got =
+            rep__member_preflist(n, ring_hash(kv_buf_slice(&rq->key)), rq->n,
+                                 names, addrs, &nnext, nnames, naddrs);
+        kv_slice self = kv_slice_str(n->name);
+        for (int i = 0; i < got; i++) {
+            if (kv_slice_eq(names[i], self)) continue;
+            if (!rep__peer_up(n, names[i]))
+                req_count(rq, KV_EQUORUM);
+            else
+                send_rput(rq, names[i], addrs[i], on_rput);
+        }
+        for (int i = 0; i < nnext; i++)
+            if (!kv_slice_eq(nnames[i], self) && rep__peer_up(n, nnames[i]))
+                send_rput(rq, nnames[i], naddrs[i], on_rput_next);
+    }
+    req_maybe_free(rq);
+}
+
+static void on_forwarded(void *arg, int status, const rep_msg *reply);
+
+/* Forward a put to the first replica from rq->forward_from on that is up
+ * and takes the call. */
+static void forward_put(req *rq) {
+    rep_node *n = rq->node;
+    kv_slice names[REP_MAX_N], addrs[REP_MAX_N], nn[REP_MAX_N], na[REP_MAX_N];
+    int nnext;
+    int got = rep__member_preflist(n, ring_hash(kv_buf_slice(&rq->key)), rq->n,
+                                   names, addrs, &nnext, nn, na);
+    uint64_t spent = (uv_now(&n->loop) - rq->started);
+    uint32_t left =
+        spent < rq->timeout_ms ? rq->timeout_ms - (uint32_t)spent : 1;
+    for (; rq->forward_from < got; rq->forward_from++) {
+        int i = rq->forward_from;
+        if (!rep__peer_up(n, names[i])) continue;
+        rep_msg m = {.type = REP_PUT,
+                     .n = rq->n,
+                     .w = rq->need,
+                     .r = 1,
+                     .flags = REP_PUT_FORWARDED |
+                              (rq->sync ? REP_PUT_SYNC : 0) |
+                              (rq->tombstone ? REP_PUT_DELETE : 0),
+                     .timeout_ms = left,
+                     .key = kv_buf_slice(&rq->key),
+                     .ctx = kv_buf_slice(&rq->ctx),
+                     .value = kv_buf_slice(&rq->value)};
+        rq->inflight++;
+        if (rep__peer_call(n, names[i], addrs[i], &m, on_forwarded, rq) == 0) {
+            rq->forward_from++;
+            return;
+        }
+        rq->inflight--;
+    }
+    kv_warn(MOD, "%s of '%.*s': no replica to forward to is up", op_name(rq),
+            (int)KV_MIN(rq->key.len, 200), (const char *)rq->key.ptr);
+    req_finish(rq, KV_EQUORUM);
+}
+
+static void on_forwarded(void *arg, int status, const rep_msg *reply) {
+    req *rq = arg;
+    rq->inflight--;
+    if (!rq->done) {
+        if (status == 0)
+            req_finish(rq, reply->status);
+        else if (!rq->node->stopping)
+            forward_put(rq); /* that replica failed: the next one */
+        else
+            req_finish(rq, KV_ECLOSED);
+    }
+    req_maybe_free(rq);
+}
+
+/* ---- start ---- */
+
+static void reply_now(conn *c, const rep_msg *m, int code) {
+    rep_msg e = {.type = m->type == REP_GET ? REP_GET_REPLY : REP_PUT_REPLY,
+                 .id = m->id,
+                 .status = code};
+    rep__conn_send(c, &e);
+}
+
+static void local_call(req *rq, void (*fn)(void *), void (*done)(void *, int)) {
+    lwork *w = kv_calloc(1, sizeof *w);
+    if (!w) {
+        req_count(rq, -ENOMEM);
+        return;
+    }
+    w->rq = rq;
+    kv_buf_init(&w->out);
+    rq->inflight++;
+    if (rep__work(rq->node, fn, done, w)) {
+        rq->inflight--;
+        kv_free(w);
+        req_count(rq, -ENOMEM);
+    }
+}
+
+void rep__coord_start(conn *c, const rep_msg *m) {
+    rep_node *n = c->node;
+    uint8_t nrep = m->n ? m->n : 3, r = m->r ? m->r : 2, w = m->w ? m->w : 2;
+    if (nrep > n->opt.n_val || r > nrep || w > nrep || m->key.len == 0) {
+        reply_now(c, m, -EINVAL);
+        return;
+    }
+    if (!ring_cluster_ring(n->state)) {
+        /* A joining node that has not heard from its cluster yet. */
+        reply_now(c, m, -EAGAIN);
+        return;
+    }
+    /* A context that does not decode is the client's error, answered
+     * before any replica is asked. */
+    if (m->type == REP_PUT && m->ctx.len) {
+        dvv_ctx *cx;
+        int rc = dvv_ctx_decode(m->ctx, &cx);
+        dvv_ctx_free(cx);
+        if (rc) {
+            reply_now(c, m, rc == -ENOMEM ? rc : KV_EPROTO);
+            return;
+        }
+    }
+    req *rq = kv_calloc(1, sizeof *rq);
+    if (!rq) {
+        reply_now(c, m, -ENOMEM);
+        return;
+    }
+    rq->node = n;
+    rq->client = c;
+    rep__conn_ref(c);
+    rq->client_id = m->id;
+    rq->type = m->type;
+    rq->n = nrep;
+    rq->sync = (m->flags & REP_PUT_SYNC) != 0;
+    rq->tombstone = (m->flags & REP_PUT_DELETE) != 0;
+    rq->timeout_ms = m->timeout_ms ? m->timeout_ms : n->opt.timeout_ms;
+    rq->started = uv_now(&n->loop);
+    kv_buf_init(&rq->key);
+    kv_buf_init(&rq->ctx);
+    kv_buf_init(&rq->value);
+    kv_buf_init(&rq->obj);
+    rq->next = n->reqs;
+    if (n->reqs) n->reqs->prev = rq;
+    n->reqs = rq;
+    uv_timer_init(&n->loop, &rq->timer);
+    rq->timer.data = rq;
+    rq->timer_open = true;
+    if (kv_buf_set(&rq->key, m->key.ptr, m->key.len) ||
+        kv_buf_set(&rq->ctx, m->ctx.ptr, m->ctx.len) ||
+        kv_buf_set(&rq->value, m->value.ptr, m->value.len)) {
+        req_finish(rq, -ENOMEM);
+        return;
+    }
+    uv_timer_start(&rq->timer, on_deadline, rq->timeout_ms, 0);
+    /* The preference list, cut to the members the ring has: a cluster
+     * smaller than N stores fewer copies and says so in its quorum. */
+    kv_slice names[REP_MAX_N], addrs[REP_MAX_N], nn[REP_MAX_N], na[REP_MAX_N];
+    int nnext;
+    rq->nrep = rep__member_preflist(n, ring_hash(m->key), nrep, names, addrs,
+                                    &nnext, nn, na);
+    rq->need = (uint8_t)KV_MIN((int)(m->type == REP_GET ? r : w), rq->nrep);
+    kv_slice self = kv_slice_str(n->name);
+    int me = -1;
+    for (int i = 0; i < rq->nrep; i++)
+        if (kv_slice_eq(names[i], self)) me = i;
+    if (m->type == REP_PUT) {
+        if (me < 0 && (m->flags & REP_PUT_FORWARDED)) {
+            /* Forwarded by a node whose ring says this one is a replica
+             * while this one's ring says not: their views differ (a move
+             * just ended); never forward twice. */
+            req_finish(rq, -EAGAIN);
+            return;
+        }
+        if (me < 0) {
+            forward_put(rq);
+            return;
+        }
+        local_call(rq, local_update_run, local_update_done);
+        return;
+    }
+    for (int i = 0; i < rq->nrep && !rq->done; i++) {
+        if (i == me) {
+            local_call(rq, local_get_run, local_get_done);
+        } else if (!rep__peer_up(n, names[i])) {
+            req_count(rq, KV_EQUORUM);
+        } else {
+            rep_msg g = {.type = REP_RGET, .key = kv_buf_slice(&rq->key)};
+            rq->inflight++;
+            int rc = rep__peer_call(n, names[i], addrs[i], &g, on_rget, rq);
+            if (rc) {
+                rq->inflight--;
+                req_count(rq, rc);
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+/*
+ * node_int: what the files of a node share (node.h is the public side).
+ *
+ *   node.c    lifecycle, identity, the listener and served connections,
+ *             and the replica side of the protocol (replica-get/-put)
+ *   coord.c   the coordinator: a client's get or put, from preference
+ *             list to answer
+ *   peer.c    connections this node opens to other members, calls on them,
+ *             and the failure detector fed by what comes back
+ *   member.c  the cluster state: gossip, the claimant's steps, persisting
+ *             the state, moving data when ownership moves
+ *
+ * Everything here runs on the loop's thread unless it says otherwise.
+ */
+#ifndef QFS_REPLICA_NODE_INT_H
+#define QFS_REPLICA_NODE_INT_H
+
+#include "replica/node.h"
+#include "replica/proto.h"
+#include "replica/store.h"
+#include "ring/ring.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#define MOD "node"
+#define REP_MAX_N 16 /* replicas per request */
+
+typedef struct conn conn;
+typedef struct req req;
+typedef struct peer peer;
+typedef struct mover mover;
+
+struct rep_node {
+    rep_node_opts opt;
+    char *dir, *name;
+    char addr[96]; /* actual listen address, "" without a listener */
+    uint64_t incarnation;
+    uint64_t actor; /* this node's id in object clocks */
+    eng_db *db;
+    rep_store *store;
+    ring_cluster *state; /* the cluster as this node knows it */
+    char **seeds;        /* --join addresses */
+    int nseeds;
+    uv_loop_t loop;
+    uv_tcp_t server;
+    uv_async_t wake;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t tick; /* gossip, heartbeats, claimant, moves */
+    bool listening, signals, ticking;
+    atomic_bool stop_asked;
+    bool stopping;
+    pthread_t thread;
+    bool started;
+    conn *conns; /* served connections */
+    req *reqs;   /* coordinated requests not yet answered */
+    peer *peers; /* connections to other members */
+    uint64_t next_call_id;
+    uint64_t rand;
+    /* member.c */
+    bool persisting, persist_again;
+    mover *mover;
+    uint64_t cleaned_version; /* serving ring whose leftovers are gone */
+    bool cleaning;
+    bool claiming; /* a claimant step is on the pool */
+};
+
+/* A served connection. */
+struct conn {
+    rep_node *node;
+    conn *prev, *next;
+    uv_tcp_t tcp;
+    uv_timer_t idle;
+    rep_parser parser;
+    int handles;   /* open uv handles (tcp, idle) */
+    int refs;      /* answers still to come on this connection */
+    bool hello;    /* the peer's HELLO arrived */
+    bool closing;  /* no more reads or writes */
+    bool paused;   /* reading stopped for backpressure */
+    bool draining; /* the node stops: close once replies are out */
+    char member[RING_MAX_NAME + 1]; /* a node's name from its HELLO */
+    char peer[96]; /* for log lines: address, then HELLO name */
+};
+
+/* node.c */
+void rep__conn_send(conn *c, const rep_msg *m);
+void rep__conn_ref(conn *c);
+void rep__conn_unref(conn *c);
+uint64_t rep__now_us(rep_node *n);
+/* libuv's read buffer for every connection of the loop: frames are
+ * parsed (and copied where kept) before the next read reuses it. */
+void rep__read_buf(uv_handle_t *h, size_t suggested, uv_buf_t *b);
+/* Run fn(arg) on the thread pool, then done(arg, status) on the loop. */
+int rep__work(rep_node *n, void (*fn)(void *), void (*done)(void *, int),
+              void *arg);
+/* Write bytes to dir/name atomically (temp file, fsync, rename, fsync of
+ * the directory). Blocks: call it from the pool. */
+int rep__write_atomic(const char *dir, const char *name, const void *p,
+                      size_t len);
+
+/* coord.c */
+void rep__coord_start(conn *c, const rep_msg *m);
+void rep__coord_stop_all(rep_node *n);
+
+/* peer.c: calls to other members. cb runs exactly once, on the loop: with
+ * 0 and the reply (valid during the call), or with an error and NULL. A
+ * call that cannot start returns the error and never calls cb. */
+typedef void (*rep__peer_cb)(void *arg, int status, const rep_msg *reply);
+int rep__peer_call(rep_node *n, kv_slice name, kv_slice addr, rep_msg *m,
+                   rep__peer_cb cb, void *arg);
+/* The failure detector: false once nothing came from name for
+ * fd_timeout_ms while calls were made to it. Unknown members are up. */
+bool rep__peer_up(rep_node *n, kv_slice name);
+/* Something arrived from member name (on any connection). */
+void rep__peer_heard(rep_node *n, kv_slice name);
+/* Heartbeats to every member of the state and the stuck-call check. */
+void rep__peer_tick(rep_node *n);
+/* Close every peer connection, failing its calls with KV_ECLOSED. */
+void rep__peer_close_all(rep_node *n);
+/* After the loop ended: free every peer. */
+void rep__peer_free_all(rep_node *n);
+
+/* member.c */
+/* Load dir/CLUSTER, or found a cluster, or wait for seeds. */
+int rep__member_open(rep_node *n);
+void rep__member_start(rep_node *n); /* on the loop: start the tick */
+void rep__member_stop(rep_node *n);
+void rep__member_gossip_in(conn *c, const rep_msg *m);
+void rep__member_leave_in(conn *c, const rep_msg *m);
+/* The members holding hash h now (serving ring), and in *next those that
+ * will once a move in progress ends (0 when none). */
+int rep__member_preflist(rep_node *n, uint64_t h, int want, kv_slice *names,
+                         kv_slice *addrs, int *next_count, kv_slice *next_names,
+                         kv_slice *next_addrs);
+
+#endif
