@@ -14,5 +14,10 @@ int cli_node(int argc, char **argv);
 int cli_get(int argc, char **argv);
 int cli_put(int argc, char **argv);
 int cli_del(int argc, char **argv);
+/* quorumfs ring [--node HOST:PORT] [--ranges]; quorumfs leave [--node] */
+int cli_ring(int argc, char **argv);
+int cli_leave(int argc, char **argv);
+/* quorumfs bucket [--node HOST:PORT] NAME [--lww | --siblings] */
+int cli_bucket(int argc, char **argv);
 
 #endif

@@ -3,7 +3,8 @@
  *
  *   quorumfs node --data DIR [--listen HOST:PORT] [--name NAME]
  *                 [--join HOST:PORT,...] [--n-val N] [--gossip-ms MS]
- *                 [--failure-timeout-ms MS]
+ *                 [--failure-timeout-ms MS] [--clock-offset-ms MS]
+ *                 [--tombstone-grace-ms MS]
  *   quorumfs get [--node HOST:PORT] [-n N -r R -w W] KEY
  *   quorumfs put [--node HOST:PORT] [-n N -r R -w W] [--sync] [--blind]
  *                KEY [VALUE]
@@ -59,8 +60,17 @@ int cli_node(int argc, char **argv) {
                 ERR("node", "--n-val wants 1..16\n");
                 return 2;
             }
+        } else if (!strcmp(a, "--clock-offset-ms")) {
+            char *end;
+            long long ms = strtoll(v, &end, 10);
+            if (*end || end == v || ms < -86400000LL || ms > 86400000LL) {
+                ERR("node", "--clock-offset-ms wants -86400000..86400000\n");
+                return 2;
+            }
+            o.clock_offset_us = ms * 1000;
         } else if (!strcmp(a, "--gossip-ms") ||
-                   !strcmp(a, "--failure-timeout-ms")) {
+                   !strcmp(a, "--failure-timeout-ms") ||
+                   !strcmp(a, "--tombstone-grace-ms")) {
             char *end;
             long ms = strtol(v, &end, 10);
             if (*end || end == v || ms < 10 || ms > 600000) {
@@ -69,8 +79,10 @@ int cli_node(int argc, char **argv) {
             }
             if (a[2] == 'g')
                 o.gossip_ms = (uint32_t)ms;
-            else
+            else if (a[2] == 'f')
                 o.fd_timeout_ms = (uint32_t)ms;
+            else
+                o.tombstone_grace_ms = (uint32_t)ms;
         } else {
             ERR("node", "unknown option '%s'\n", a);
             return 2;

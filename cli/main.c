@@ -21,8 +21,18 @@ static void usage(FILE *f) {
             "  engine stats DIR         print the store's statistics\n"
             "  engine compact DIR       compact the whole store\n"
             "  node --data DIR [--listen HOST:PORT] [--name NAME]\n"
+            "       [--join HOST:PORT,...] [--n-val N] [--gossip-ms MS]\n"
+            "       [--failure-timeout-ms MS]\n"
             "                           run a storage node (default listen\n"
-            "                           127.0.0.1:7000)\n"
+            "                           127.0.0.1:7000); --join: through\n"
+            "                           these members of a cluster\n"
+            "  ring [--node HOST:PORT] [--ranges]\n"
+            "                           members, status, share of the keys\n"
+            "  leave [--node HOST:PORT] the node hands its data over and\n"
+            "                           stops\n"
+            "  bucket [--node HOST:PORT] NAME [--lww | --siblings]\n"
+            "                           show or set how keys NAME/... resolve\n"
+            "                           concurrent writes\n"
             "  get [--node HOST:PORT] [-n N -r R -w W] KEY\n"
             "                           print KEY's value or its siblings\n"
             "                           (exit 1 if absent)\n"
@@ -74,11 +84,10 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"engine", cli_engine},
-                {"node", cli_node},
-                {"get", cli_get},
-                {"put", cli_put},
-                {"del", cli_del}};
+    } cmds[] = {{"engine", cli_engine}, {"node", cli_node},
+                {"get", cli_get},       {"put", cli_put},
+                {"del", cli_del},       {"ring", cli_ring},
+                {"leave", cli_leave},   {"bucket", cli_bucket}};
     for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)
             return cmds[c].fn(argc - i - 1, argv + i + 1);

@@ -274,3 +274,11 @@ int rep_client_leave(rep_client *c) {
     if (c->reply.type != REP_LEAVE_REPLY) return break_with(c, KV_EPROTO);
     return c->reply.status;
 }
+
+int rep_client_bucket(rep_client *c, kv_slice bucket, uint32_t flags) {
+    rep_msg m = {.type = REP_BUCKET, .text = bucket, .flags = flags};
+    int rc = call(c, &m, mono_ms() + c->timeout_ms);
+    if (rc) return rc;
+    if (c->reply.type != REP_BUCKET_REPLY) return break_with(c, KV_EPROTO);
+    return c->reply.status;
+}

@@ -60,5 +60,9 @@ int rep_client_state(rep_client *c, kv_buf *out);
 /* Ask the node to leave its cluster: it moves its data to the members that
  * take its partitions and then stops. -EINVAL if it is the last member. */
 int rep_client_leave(rep_client *c);
+/* Set a bucket's settings cluster-wide (ring/ring.h: RING_BUCKET_LWW, or
+ * 0 for siblings); the setting spreads by gossip. -EINVAL for a bad name
+ * or flags. */
+int rep_client_bucket(rep_client *c, kv_slice bucket, uint32_t flags);
 
 #endif

@@ -36,6 +36,7 @@ struct req {
     int forward_from; /* put forwarded: next preflist index to try */
     uint32_t timeout_ms;
     bool done, sync, tombstone, have_obj;
+    bool lww; /* the key's bucket is last-writer-wins */
     kv_buf key, ctx, value;
     kv_buf obj; /* get: objects merged so far; put: the new object */
     uint64_t started;
@@ -107,11 +108,14 @@ static void req_finish(req *rq, int code) {
     req_maybe_free(rq);
 }
 
+static void reap_later(req *rq);
+
 /* One replica's answer: finish when enough were good, or when the rest
  * can no longer make enough. */
 static void req_count(req *rq, int rc) {
     if (rc == 0 || (rq->type == REP_GET && rc == KV_ENOTFOUND)) {
         rq->oks++;
+        if (rq->tombstone && rq->oks == rq->nrep) reap_later(rq);
     } else {
         rq->fails++;
         if (!rq->first_error) rq->first_error = rc;
@@ -152,7 +156,7 @@ static int take_object(req *rq, kv_slice obj) {
         return rc;
     }
     kv_buf m = KV_BUF_INIT;
-    int rc = rep_obj_merge(kv_buf_slice(&rq->obj), obj, &m);
+    int rc = rep_obj_merge(kv_buf_slice(&rq->obj), obj, rq->lww, &m);
     if (rc == 0) {
         kv_buf_release(&rq->obj);
         rq->obj = m;
@@ -215,7 +219,8 @@ static void on_rput_next(void *arg, int status, const rep_msg *reply) {
 
 static void send_rput(req *rq, kv_slice name, kv_slice addr, rep__peer_cb cb) {
     rep_msg m = {.type = REP_RPUT,
-                 .flags = rq->sync ? REP_PUT_SYNC : 0,
+                 .flags = (rq->sync ? REP_PUT_SYNC : 0) |
+                          (rq->lww ? REP_PUT_LWW : 0),
                  .key = kv_buf_slice(&rq->key),
                  .value = kv_buf_slice(&rq->obj)};
     rq->inflight++;
@@ -230,10 +235,11 @@ static void local_update_run(void *arg) {
     lwork *w = arg;
     req *rq = w->rq;
     rep_node *n = rq->node;
+    int flags = (rq->tombstone ? REP_STORE_TOMBSTONE : 0) |
+                (rq->sync ? REP_STORE_SYNC : 0) | (rq->lww ? REP_STORE_LWW : 0);
     w->rc = rep_store_update(n->store, kv_buf_slice(&rq->key),
                              kv_buf_slice(&rq->ctx), kv_buf_slice(&rq->value),
-                             rq->tombstone, rq->sync, n->actor, rep__now_us(n),
-                             &w->out);
+                             flags, n->actor, rep__now_us(n), &w->out);
 }
 
 static void local_update_done(void *arg, int status) {
@@ -330,6 +336,153 @@ static void on_forwarded(void *arg, int status, const rep_msg *reply) {
     req_maybe_free(rq);
 }
 
+/* ---- purging tombstones ----
+ *
+ * A delete leaves a tombstone, which a read merges over any older copy of
+ * the key; purged too early, an older copy on some replica that missed
+ * the delete would bring the key back. So a tombstone is purged (reaped)
+ * only when all N replicas acknowledged it, after a grace period
+ * (tombstone_grace_ms), if the ring is still the one the delete was
+ * placed by (no move since, none in progress), and on each replica only if
+ * what it stores is still exactly that tombstone (rep_store_reap): a write
+ * since then keeps it. A delete that some replica missed keeps its
+ * tombstone (repair, in a later issue, completes it). */
+
+typedef struct reap {
+    struct reap *next;
+    uint64_t due, ring_version;
+    uint8_t n;
+    kv_buf key, obj;
+} reap;
+
+#define MAX_REAPS 65536
+
+/* Whether every sibling of the encoded object is a tombstone. */
+static bool all_tombstones(kv_slice obj) {
+    dvv_set *s;
+    if (dvv_set_decode(obj, &s)) return false;
+    bool all = dvv_set_siblings(s) > 0;
+    for (size_t i = 0; all && i < dvv_set_siblings(s); i++)
+        all = dvv_set_sibling(s, i).value.flags & DVV_TOMBSTONE;
+    dvv_set_free(s);
+    return all;
+}
+
+static void reap_later(req *rq) {
+    rep_node *n = rq->node;
+    if (n->stopping || n->nreaps >= MAX_REAPS || !rq->obj.len ||
+        !all_tombstones(kv_buf_slice(&rq->obj)))
+        return;
+    reap *r = kv_calloc(1, sizeof *r);
+    if (!r) return;
+    kv_buf_init(&r->key);
+    kv_buf_init(&r->obj);
+    if (kv_buf_set(&r->key, rq->key.ptr, rq->key.len) ||
+        kv_buf_set(&r->obj, rq->obj.ptr, rq->obj.len)) {
+        kv_buf_release(&r->key);
+        kv_buf_release(&r->obj);
+        kv_free(r);
+        return;
+    }
+    r->n = rq->n;
+    r->ring_version = ring_cluster_version(n->state);
+    r->due = uv_now(&n->loop) + n->opt.tombstone_grace_ms;
+    /* Due times only grow: append. */
+    *(n->reaps ? &n->reaps_tail->next : &n->reaps) = r;
+    n->reaps_tail = r;
+    n->nreaps++;
+}
+
+static void reap_free(reap *r) {
+    kv_buf_release(&r->key);
+    kv_buf_release(&r->obj);
+    kv_free(r);
+}
+
+typedef struct reapwork {
+    rep_node *node;
+    reap *r;
+    bool reaped;
+    int rc;
+} reapwork;
+
+static void reap_run(void *arg) {
+    reapwork *w = arg;
+    w->rc = rep_store_reap(w->node->store, kv_buf_slice(&w->r->key),
+                           kv_buf_slice(&w->r->obj), &w->reaped);
+}
+
+static void reap_done(void *arg, int status) {
+    reapwork *w = arg;
+    if (status == 0 && w->rc)
+        kv_warn(MOD, "purging the tombstone of '%.*s': %s",
+                (int)KV_MIN(w->r->key.len, 200), (const char *)w->r->key.ptr,
+                kv_strerror(w->rc));
+    reap_free(w->r);
+    kv_free(w);
+}
+
+static void on_reaped(void *arg, int status, const rep_msg *reply) {
+    (void)arg;
+    int rc = status ? status : reply->status;
+    if (rc)
+        kv_info(MOD, "a replica did not purge a tombstone: %s",
+                kv_strerror(rc));
+}
+
+/* Send the purge of r to its replicas; r is consumed. */
+static void reap_now(rep_node *n, reap *r) {
+    const ring_cluster *s = n->state;
+    if (ring_cluster_version(s) != r->ring_version || ring_cluster_next(s)) {
+        reap_free(r); /* placement moved: keep the tombstone */
+        return;
+    }
+    kv_slice names[REP_MAX_N], addrs[REP_MAX_N], nn[REP_MAX_N], na[REP_MAX_N];
+    int nnext;
+    int got = rep__member_preflist(n, ring_hash(kv_buf_slice(&r->key)), r->n,
+                                   names, addrs, &nnext, nn, na);
+    bool local = false;
+    for (int i = 0; i < got; i++) {
+        if (kv_slice_eq(names[i], kv_slice_str(n->name))) {
+            local = true;
+            continue;
+        }
+        rep_msg m = {.type = REP_REAP,
+                     .key = kv_buf_slice(&r->key),
+                     .value = kv_buf_slice(&r->obj)};
+        rep__peer_call(n, names[i], addrs[i], &m, on_reaped, NULL);
+    }
+    reapwork *w = local ? kv_calloc(1, sizeof *w) : NULL;
+    if (w) {
+        w->node = n;
+        w->r = r;
+        if (rep__work(n, reap_run, reap_done, w) == 0) return;
+        kv_free(w);
+    }
+    reap_free(r);
+}
+
+void rep__coord_tick(rep_node *n) {
+    uint64_t now = uv_now(&n->loop);
+    while (n->reaps && n->reaps->due <= now && !n->stopping) {
+        reap *r = n->reaps;
+        n->reaps = r->next;
+        if (!n->reaps) n->reaps_tail = NULL;
+        n->nreaps--;
+        reap_now(n, r);
+    }
+}
+
+void rep__coord_free(rep_node *n) {
+    while (n->reaps) {
+        reap *r = n->reaps;
+        n->reaps = r->next;
+        reap_free(r);
+    }
+    n->reaps_tail = NULL;
+    n->nreaps = 0;
+}
+
 /* ---- start ---- */
 
 static void reply_now(conn *c, const rep_msg *m, int code) {
@@ -391,6 +544,7 @@ void rep__coord_start(conn *c, const rep_msg *m) {
     rq->n = nrep;
     rq->sync = (m->flags & REP_PUT_SYNC) != 0;
     rq->tombstone = (m->flags & REP_PUT_DELETE) != 0;
+    rq->lww = rep__bucket_lww(n, m->key);
     rq->timeout_ms = m->timeout_ms ? m->timeout_ms : n->opt.timeout_ms;
     rq->started = uv_now(&n->loop);
     kv_buf_init(&rq->key);

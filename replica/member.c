@@ -379,6 +379,29 @@ void rep__member_leave_in(conn *c, const rep_msg *m) {
     rep__conn_send(c, &rep);
 }
 
+/* ---- buckets ---- */
+
+bool rep__bucket_lww(rep_node *n, kv_slice key) {
+    const uint8_t *slash = memchr(key.ptr, '/', key.len);
+    if (!slash) return false; /* the default bucket */
+    kv_slice b = kv_slice_make(key.ptr, (size_t)(slash - key.ptr));
+    return ring_cluster_bucket_flags(n->state, b) & RING_BUCKET_LWW;
+}
+
+void rep__member_bucket_in(conn *c, const rep_msg *m) {
+    rep_node *n = c->node;
+    ring_cluster *s;
+    int rc = ring_cluster_set_bucket(n->state, m->text, m->flags, &s);
+    if (rc == 0) {
+        kv_info(MOD, "bucket '%.*s' set to %s", (int)m->text.len,
+                (const char *)m->text.ptr,
+                m->flags & RING_BUCKET_LWW ? "last-writer-wins" : "siblings");
+        set_state(n, s);
+    }
+    rep_msg r = {.type = REP_BUCKET_REPLY, .id = m->id, .status = rc};
+    rep__conn_send(c, &r);
+}
+
 /* ---- moving data ---- */
 
 static void mover_free(mover *mv) {
@@ -701,6 +724,7 @@ static void on_tick(uv_timer_t *t) {
     claim_tick(n);
     move_tick(n);
     drop_tick(n);
+    rep__coord_tick(n);
     if (self_info(n).status == RING_REMOVED) {
         kv_info(MOD,
                 "'%s' has left the cluster; stopping (its data "

@@ -44,6 +44,7 @@ void rep_node_opts_init(rep_node_opts *o) {
     o->idle_ms = 60000;
     o->gossip_ms = 500;
     o->fd_timeout_ms = 3000;
+    o->tombstone_grace_ms = 10000;
     eng_options_init(&o->engine);
 }
 
@@ -184,13 +185,13 @@ static void send_error(conn *c, uint64_t id, int code, const char *text) {
     rep__conn_send(c, &m);
 }
 
-/* ---- the replica side: replica-get and replica-put ---- */
+/* ---- the replica side: replica-get, replica-put, reap ---- */
 
 typedef struct rwork {
     conn *c;
     uint64_t id;
     uint16_t type;
-    bool sync;
+    int flags; /* REP_STORE_* */
     int rc;
     kv_buf key, obj, out;
 } rwork;
@@ -198,22 +199,22 @@ typedef struct rwork {
 static void replica_run(void *arg) {
     rwork *w = arg;
     rep_node *n = w->c->node;
+    bool reaped;
     if (w->type == REP_RGET)
         w->rc = rep_store_get(n->store, kv_buf_slice(&w->key), &w->out);
+    else if (w->type == REP_REAP)
+        w->rc = rep_store_reap(n->store, kv_buf_slice(&w->key),
+                               kv_buf_slice(&w->obj), &reaped);
     else
         w->rc = rep_store_merge(n->store, kv_buf_slice(&w->key),
-                                kv_buf_slice(&w->obj), w->sync, n->actor);
+                                kv_buf_slice(&w->obj), w->flags, n->actor);
 }
 
 static void replica_done(void *arg, int status) {
     rwork *w = arg;
     rep_msg m = {.id = w->id, .status = status ? KV_ECLOSED : w->rc};
-    if (w->type == REP_RGET) {
-        m.type = REP_RGET_REPLY;
-        if (m.status == 0) m.value = kv_buf_slice(&w->out);
-    } else {
-        m.type = REP_RPUT_REPLY;
-    }
+    m.type = w->type + 1; /* the reply type */
+    if (w->type == REP_RGET && m.status == 0) m.value = kv_buf_slice(&w->out);
     rep__conn_send(w->c, &m);
     rep__conn_unref(w->c);
     kv_buf_release(&w->key);
@@ -232,7 +233,8 @@ static void serve_replica(conn *c, const rep_msg *m) {
     w->c = c;
     w->id = m->id;
     w->type = m->type;
-    w->sync = (m->flags & REP_PUT_SYNC) != 0;
+    w->flags = (m->flags & REP_PUT_SYNC ? REP_STORE_SYNC : 0) |
+               (m->flags & REP_PUT_LWW ? REP_STORE_LWW : 0);
     kv_buf_init(&w->key);
     kv_buf_init(&w->obj);
     kv_buf_init(&w->out);
@@ -295,6 +297,7 @@ static int on_frame(void *arg, const rep_msg *m) {
         return 0;
     case REP_RGET:
     case REP_RPUT:
+    case REP_REAP:
         serve_replica(c, m);
         return 0;
     case REP_GOSSIP:
@@ -302,6 +305,9 @@ static int on_frame(void *arg, const rep_msg *m) {
         return 0;
     case REP_LEAVE:
         rep__member_leave_in(c, m);
+        return 0;
+    case REP_BUCKET:
+        rep__member_bucket_in(c, m);
         return 0;
     default:
         send_error(c, m->id, KV_EPROTO, "unexpected frame type");
@@ -678,6 +684,7 @@ int rep_node_close(rep_node *n) {
     rep__peer_free_all(n);
     if (n->wake.loop) uv_loop_close(&n->loop);
     rep__member_free(n);
+    rep__coord_free(n);
     rep_store_free(n->store);
     int rc = n->db ? eng_db_close(n->db) : 0;
     kv_free(n->dir);

@@ -33,7 +33,8 @@ typedef struct rep_node_opts {
     uint32_t fd_timeout_ms;  /* a member not heard this long is down, 3000 */
     bool handle_signals;     /* SIGINT and SIGTERM stop the node (CLI) */
     int64_t clock_offset_us; /* added to the wall clock (tests of skew) */
-    eng_options engine;      /* the node's engine options */
+    uint32_t tombstone_grace_ms; /* purge a delete's tombstone after, 10000 */
+    eng_options engine;          /* the node's engine options */
 } rep_node_opts;
 
 /* Defaults as above (engine defaults too). */

@@ -31,6 +31,7 @@ typedef struct conn conn;
 typedef struct req req;
 typedef struct peer peer;
 typedef struct mover mover;
+typedef struct reap reap;
 
 struct rep_node {
     rep_node_opts opt;
@@ -64,6 +65,9 @@ struct rep_node {
     uint64_t cleaned_version; /* serving ring whose leftovers are gone */
     bool cleaning;
     bool claiming; /* a claimant step is on the pool */
+    /* coord.c: tombstones to purge, by due time */
+    reap *reaps, *reaps_tail;
+    uint32_t nreaps;
 };
 
 /* A served connection. */
@@ -102,6 +106,10 @@ int rep__write_atomic(const char *dir, const char *name, const void *p,
 /* coord.c */
 void rep__coord_start(conn *c, const rep_msg *m);
 void rep__coord_stop_all(rep_node *n);
+/* Purge the tombstones that are due (from the member tick). */
+void rep__coord_tick(rep_node *n);
+/* After the loop ended. */
+void rep__coord_free(rep_node *n);
 
 /* peer.c: calls to other members. cb runs exactly once, on the loop: with
  * 0 and the reply (valid during the call), or with an error and NULL. A
@@ -128,6 +136,9 @@ void rep__member_start(rep_node *n); /* on the loop: start the tick */
 void rep__member_stop(rep_node *n);
 void rep__member_gossip_in(conn *c, const rep_msg *m);
 void rep__member_leave_in(conn *c, const rep_msg *m);
+void rep__member_bucket_in(conn *c, const rep_msg *m);
+/* Whether key's bucket (the part before its first '/') is LWW. */
+bool rep__bucket_lww(rep_node *n, kv_slice key);
 /* The members holding hash h now (serving ring), and in *next those that
  * will once a move in progress ends (0 when none). */
 int rep__member_preflist(rep_node *n, uint64_t h, int want, kv_slice *names,

@@ -48,12 +48,17 @@ static const msg_kind kinds[] = {
     [REP_PUT_REPLY] = {"put-reply", F_STATUS, 0},
     [REP_RGET] = {"replica-get", F_KEY, 0},
     [REP_RGET_REPLY] = {"replica-get-reply", F_STATUS | F_VALUE, 0},
-    [REP_RPUT] = {"replica-put", F_FLAGS | F_KEY | F_VALUE, REP_PUT_SYNC},
+    [REP_RPUT] = {"replica-put", F_FLAGS | F_KEY | F_VALUE,
+                  REP_PUT_SYNC | REP_PUT_LWW},
     [REP_RPUT_REPLY] = {"replica-put-reply", F_STATUS, 0},
+    [REP_REAP] = {"reap", F_KEY | F_VALUE, 0},
+    [REP_REAP_REPLY] = {"reap-reply", F_STATUS, 0},
     [REP_GOSSIP] = {"gossip", F_VALUE, 0},
     [REP_GOSSIP_REPLY] = {"gossip-reply", F_STATUS | F_VALUE, 0},
     [REP_LEAVE] = {"leave", F_TEXT, 0},
     [REP_LEAVE_REPLY] = {"leave-reply", F_STATUS, 0},
+    [REP_BUCKET] = {"bucket", F_FLAGS | F_TEXT, 1},
+    [REP_BUCKET_REPLY] = {"bucket-reply", F_STATUS, 0},
 };
 #define NKINDS (sizeof kinds / sizeof kinds[0])
 

@@ -33,10 +33,14 @@ typedef enum rep_msg_type {
     REP_RGET_REPLY = 21,   /* status, value = the replica's object */
     REP_RPUT = 22,         /* flags, key, value = object to merge */
     REP_RPUT_REPLY = 23,   /* status */
+    REP_REAP = 24,         /* key, value = a tombstone every replica holds */
+    REP_REAP_REPLY = 25,   /* status */
     REP_GOSSIP = 30,       /* value = sender's cluster state, or empty */
     REP_GOSSIP_REPLY = 31, /* status, value = receiver's merged state */
     REP_LEAVE = 32,        /* text = the receiving node's name: leave */
     REP_LEAVE_REPLY = 33,  /* status */
+    REP_BUCKET = 34,       /* text = bucket, flags = its new settings */
+    REP_BUCKET_REPLY = 35, /* status */
 } rep_msg_type;
 
 /* flags of REP_HELLO: who is talking */
@@ -46,6 +50,7 @@ enum {
     REP_PUT_DELETE = 1,    /* write a tombstone instead of value */
     REP_PUT_SYNC = 2,      /* acknowledge only once in a synced WAL */
     REP_PUT_FORWARDED = 4, /* put: from a node that is not a replica */
+    REP_PUT_LWW = 8,       /* replica-put: the key's bucket is LWW */
 };
 
 /* A decoded message. Slices borrow the frame's payload: from

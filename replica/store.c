@@ -121,21 +121,58 @@ int rep_store_get(rep_store *s, kv_slice key, kv_buf *out) {
     return rc;
 }
 
+/* The order of two last-writer-wins candidates: timestamp, then actor,
+ * then counter (dots are unique, so two sets' winners differ unless they
+ * are the same write). */
+static int lww_cmp(const dvv_sibling *a, const dvv_sibling *b) {
+    if (a->value.timestamp != b->value.timestamp)
+        return a->value.timestamp > b->value.timestamp ? 1 : -1;
+    if (a->actor != b->actor) return a->actor > b->actor ? 1 : -1;
+    if (a->counter != b->counter) return a->counter > b->counter ? 1 : -1;
+    return 0;
+}
+
+/* Under last-writer-wins, whether set a's winner beats set b's (a set
+ * without siblings loses to any). */
+static bool lww_beats(const dvv_set *a, const dvv_set *b) {
+    dvv_sibling wa, wb;
+    if (dvv_set_lww(a, &wa) != 0) return false;
+    if (dvv_set_lww(b, &wb) != 0) return true;
+    return lww_cmp(&wa, &wb) > 0;
+}
+
 int rep_store_update(rep_store *s, kv_slice key, kv_slice ctx, kv_slice value,
-                     bool tombstone, bool sync, uint64_t actor, uint64_t now_us,
-                     kv_buf *out) {
+                     int flags, uint64_t actor, uint64_t now_us, kv_buf *out) {
     dvv_ctx *c = NULL;
     dvv_set *old = NULL, *set = NULL;
     okey k;
     int rc = okey_make(&k, key);
     if (rc) return rc;
     if (ctx.len && (rc = dvv_ctx_decode(ctx, &c))) goto out;
-    dvv_value v = {.flags = tombstone ? DVV_TOMBSTONE : 0,
+    bool tomb = flags & REP_STORE_TOMBSTONE, sync = flags & REP_STORE_SYNC;
+    dvv_value v = {.flags = tomb ? DVV_TOMBSTONE : 0,
                    .timestamp = now_us,
-                   .bytes = tombstone ? kv_slice_make(NULL, 0) : value};
+                   .bytes = tomb ? kv_slice_make(NULL, 0) : value};
     pthread_mutex_t *mu = lock_of(s, key);
     pthread_mutex_lock(mu);
     rc = load(s, &k, key, &old);
+    if (rc == 0 && (flags & REP_STORE_LWW)) {
+        /* Last writer wins: the write replaces everything stored, unless
+         * what is stored carries a later timestamp; then the write is
+         * dropped, and nobody is told (that is the mode's contract, and
+         * its failure under clock skew: docs/consistency.md). */
+        dvv_sibling w;
+        if (old && dvv_set_lww(old, &w) == 0 &&
+            (w.value.timestamp > now_us ||
+             (w.value.timestamp == now_us && w.actor > actor))) {
+            rc = dvv_set_encode(old, out);
+            pthread_mutex_unlock(mu);
+            goto out;
+        }
+        dvv_ctx_free(c);
+        c = NULL;
+        if (old) rc = dvv_set_join(old, &c);
+    }
     if (rc == 0) rc = dvv_set_update(old, c, actor, &v, &set);
     if (rc == 0) {
         dvv_set_prune(set, actor);
@@ -150,8 +187,9 @@ out:
     return rc;
 }
 
-int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, bool sync,
+int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, int flags,
                     uint64_t self) {
+    bool sync = flags & REP_STORE_SYNC;
     dvv_set *in = NULL, *old = NULL, *set = NULL;
     kv_buf enc = KV_BUF_INIT;
     okey k;
@@ -162,7 +200,10 @@ int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, bool sync,
     pthread_mutex_lock(mu);
     rc = load(s, &k, key, &old);
     dvv_order o = rc == 0 ? dvv_set_compare(in, old) : DVV_EQUAL;
-    if (rc == 0 && old && (o == DVV_EQUAL || o == DVV_PRECEDES)) {
+    if (rc == 0 && old && (flags & REP_STORE_LWW)) {
+        /* Last writer wins: keep whichever set holds the later write. */
+        if (lww_beats(in, old)) rc = store(s, &k, in, sync, &enc);
+    } else if (rc == 0 && old && (o == DVV_EQUAL || o == DVV_PRECEDES)) {
         /* Nothing new: the stored object already holds all of it. */
     } else if (rc == 0) {
         rc = old && o == DVV_CONCURRENT ? dvv_set_merge(in, old, &set) : 0;
@@ -181,12 +222,18 @@ out:
     return rc;
 }
 
-int rep_obj_merge(kv_slice a, kv_slice b, kv_buf *out) {
+int rep_obj_merge(kv_slice a, kv_slice b, bool lww, kv_buf *out) {
     dvv_set *sa = NULL, *sb = NULL, *m = NULL;
     int rc = dvv_set_decode(a, &sa);
     if (rc == 0) rc = dvv_set_decode(b, &sb);
+    if (rc == 0 && lww) {
+        rc = kv_buf_append(out, lww_beats(sb, sa) ? b.ptr : a.ptr,
+                           lww_beats(sb, sa) ? b.len : a.len);
+        goto done;
+    }
     if (rc == 0) rc = dvv_set_merge(sa, sb, &m);
     if (rc == 0) rc = dvv_set_encode(m, out);
+done:
     dvv_set_free(sa);
     dvv_set_free(sb);
     dvv_set_free(m);
@@ -272,5 +319,26 @@ int rep_store_drop(rep_store *s, uint64_t lo, uint64_t hi, uint64_t *dropped) {
     if (rc == 0) rc = eng_iter_status(it);
     eng_batch_free(b);
     eng_iter_free(it);
+    return rc;
+}
+
+int rep_store_reap(rep_store *s, kv_slice key, kv_slice tomb, bool *reaped) {
+    *reaped = false;
+    okey k;
+    int rc = okey_make(&k, key);
+    if (rc) return rc;
+    kv_buf cur = KV_BUF_INIT;
+    pthread_mutex_t *mu = lock_of(s, key);
+    pthread_mutex_lock(mu);
+    rc = eng_db_get(s->db, NULL, kv_slice_make(k.p, k.len), &cur);
+    if (rc == 0 && kv_slice_eq(kv_buf_slice(&cur), tomb)) {
+        rc = eng_db_delete(s->db, kv_slice_make(k.p, k.len), 0);
+        *reaped = rc == 0;
+    } else if (rc == KV_ENOTFOUND) {
+        rc = 0; /* reaped before, or never here */
+    }
+    pthread_mutex_unlock(mu);
+    kv_buf_release(&cur);
+    okey_release(&k);
     return rc;
 }

@@ -36,23 +36,34 @@ void rep_store_free(rep_store *s);
  * left in place); engine errors, -ENOMEM. out is empty on error. */
 int rep_store_get(rep_store *s, kv_slice key, kv_buf *out);
 
-/* Coordinating put: stored object + (ctx, value or tombstone) at actor,
- * timestamp now_us. The new object is written (fsynced first when sync)
- * and returned in out. KV_ECORRUPT for a bad ctx or stored object,
- * KV_ETOOLARGE, engine errors; nothing is written on error. */
-int rep_store_update(rep_store *s, kv_slice key, kv_slice ctx, kv_slice value,
-                     bool tombstone, bool sync, uint64_t actor, uint64_t now_us,
-                     kv_buf *out);
+/* Flags of update and merge. */
+enum {
+    REP_STORE_TOMBSTONE = 1, /* update: write a delete, not value */
+    REP_STORE_SYNC = 2,      /* fsync the WAL before returning */
+    /* Last writer wins (the key's bucket says so): update replaces every
+     * sibling, or is dropped when the stored winner has a later
+     * timestamp (ties: the higher actor); merge keeps the set whose
+     * winner is later. The winner: dvv_set_lww. */
+    REP_STORE_LWW = 4,
+};
 
-/* Replica merge: stored object joined with obj, written if it changed.
- * self is this node's actor, which pruning never drops. */
-int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, bool sync,
+/* Coordinating put: stored object + (ctx, value or tombstone) at actor,
+ * timestamp now_us. The new object is written and returned in out (under
+ * LWW, a write that loses returns the stored object unchanged).
+ * KV_ECORRUPT for a bad ctx or stored object, KV_ETOOLARGE, engine
+ * errors; nothing is written on error. */
+int rep_store_update(rep_store *s, kv_slice key, kv_slice ctx, kv_slice value,
+                     int flags, uint64_t actor, uint64_t now_us, kv_buf *out);
+
+/* Replica merge: stored object joined with obj (flags SYNC, LWW), written
+ * if it changed. self is this node's actor, which pruning never drops. */
+int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, int flags,
                     uint64_t self);
 
-/* The least upper bound of two encoded objects, encoded into out (a
- * coordinator merging replies). KV_ECORRUPT for a bad encoding, -ENOMEM,
- * KV_ETOOLARGE. */
-int rep_obj_merge(kv_slice a, kv_slice b, kv_buf *out);
+/* Two encoded objects merged into out (a coordinator merging replies):
+ * their least upper bound, or under lww the one whose winner is later.
+ * KV_ECORRUPT for a bad encoding, -ENOMEM, KV_ETOOLARGE. */
+int rep_obj_merge(kv_slice a, kv_slice b, bool lww, kv_buf *out);
 
 /* Objects whose placement hash is in [lo, hi], in engine order, after the
  * engine key in cursor (empty: from lo): fn(arg, key, object) for each,
@@ -66,5 +77,9 @@ int rep_store_scan(rep_store *s, uint64_t lo, uint64_t hi, kv_buf *cursor,
 /* Delete every object whose placement hash is in [lo, hi] (ownership
  * moved away), adding the count to *dropped. */
 int rep_store_drop(rep_store *s, uint64_t lo, uint64_t hi, uint64_t *dropped);
+/* Purge key's tombstone: delete the object if it is still exactly tomb
+ * (its encoding byte for byte; anything written since keeps it). *reaped
+ * says whether it was deleted. Engine errors. */
+int rep_store_reap(rep_store *s, kv_slice key, kv_slice tomb, bool *reaped);
 
 #endif

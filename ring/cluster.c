@@ -23,12 +23,20 @@ typedef struct entry {
     bool leave;
 } entry;
 
+typedef struct bucket {
+    char name[RING_MAX_NAME + 1];
+    uint64_t version;
+    uint32_t flags; /* RING_BUCKET_* */
+} bucket;
+
 struct ring_cluster {
     atomic_int refs;
     uint64_t version, next_version;
     ring *ring, *next;
     uint32_t n;
     entry *e; /* [n], by name */
+    uint32_t nb;
+    bucket *b; /* [nb], by name */
 };
 
 static bool addr_valid(kv_slice a) {
@@ -62,6 +70,7 @@ void ring_cluster_unref(ring_cluster *c) {
     ring_free(c->ring);
     ring_free(c->next);
     kv_free(c->e);
+    kv_free(c->b);
     kv_free(c);
 }
 
@@ -143,6 +152,16 @@ ring_member_info ring_cluster_member(const ring_cluster *c, uint32_t i) {
     return m;
 }
 
+/* d's buckets: n of src, with room for extra more (nb stays n). */
+static int copy_buckets(ring_cluster *d, const bucket *src, uint32_t n,
+                        uint32_t extra) {
+    if (n + extra == 0) return 0;
+    if (!(d->b = kv_calloc(n + extra, sizeof *d->b))) return -ENOMEM;
+    if (n) memcpy(d->b, src, n * sizeof *src);
+    d->nb = n;
+    return 0;
+}
+
 /* A copy of c's ring part and entries with room for `extra` more entries
  * (n stays c->n). */
 static ring_cluster *copy_cluster(const ring_cluster *c, uint32_t extra) {
@@ -153,7 +172,8 @@ static ring_cluster *copy_cluster(const ring_cluster *c, uint32_t extra) {
     d->version = c->version;
     d->next_version = c->next_version;
     if ((c->ring && !(d->ring = ring_dup(c->ring))) ||
-        (c->next && !(d->next = ring_dup(c->next)))) {
+        (c->next && !(d->next = ring_dup(c->next))) ||
+        copy_buckets(d, c->b, c->nb, 0)) {
         ring_cluster_unref(d);
         return NULL;
     }
@@ -223,6 +243,40 @@ static bool same_ring_part(const ring_cluster *a, const ring_cluster *b) {
            same_ring(a->ring, b->ring) && same_ring(a->next, b->next);
 }
 
+/* >0 when bucket setting a wins over b (same name), <0 when b, 0 equal. */
+static int bucket_order(const bucket *a, const bucket *b) {
+    if (a->version != b->version) return a->version > b->version ? 1 : -1;
+    if (a->flags != b->flags) return a->flags > b->flags ? 1 : -1;
+    return 0;
+}
+
+/* d's buckets: the union of a's and b's, the winning setting per name. */
+static int merge_buckets(ring_cluster *d, const ring_cluster *a,
+                         const ring_cluster *b) {
+    if (a->nb + b->nb == 0) return 0;
+    if (!(d->b = kv_calloc(a->nb + b->nb, sizeof *d->b))) return -ENOMEM;
+    uint32_t i = 0, j = 0, n = 0;
+    while (i < a->nb || j < b->nb) {
+        int cmp = i == a->nb   ? 1
+                  : j == b->nb ? -1
+                               : strcmp(a->b[i].name, b->b[j].name);
+        const bucket *pick;
+        if (cmp < 0)
+            pick = &a->b[i++];
+        else if (cmp > 0)
+            pick = &b->b[j++];
+        else {
+            pick = bucket_order(&a->b[i], &b->b[j]) >= 0 ? &a->b[i] : &b->b[j];
+            i++;
+            j++;
+        }
+        d->b[n++] = *pick;
+    }
+    if (n > RING_MAX_BUCKETS) return KV_ETOOLARGE;
+    d->nb = n;
+    return 0;
+}
+
 int ring_cluster_merge(const ring_cluster *a, const ring_cluster *b,
                        ring_cluster **out) {
     *out = NULL;
@@ -271,12 +325,21 @@ int ring_cluster_merge(const ring_cluster *a, const ring_cluster *b,
         }
         d->e[n++] = *pick;
     }
+    int rc = merge_buckets(d, a, b);
+    if (rc) {
+        ring_cluster_unref(d);
+        return rc;
+    }
     *out = d;
     return 0;
 }
 
 bool ring_cluster_equal(const ring_cluster *a, const ring_cluster *b) {
-    if (a->n != b->n || !same_ring_part(a, b)) return false;
+    if (a->n != b->n || a->nb != b->nb || !same_ring_part(a, b)) return false;
+    for (uint32_t i = 0; i < a->nb; i++)
+        if (strcmp(a->b[i].name, b->b[i].name) != 0 ||
+            bucket_order(&a->b[i], &b->b[i]) != 0)
+            return false;
     for (uint32_t i = 0; i < a->n; i++)
         if (strcmp(a->e[i].name, b->e[i].name) != 0 ||
             entry_order(&a->e[i], &b->e[i]) != 0)
@@ -382,6 +445,12 @@ int ring_cluster_encode(const ring_cluster *c, kv_buf *out) {
         if (rc == 0) rc = kv_buf_put_u64(out, e->done);
         if (rc == 0) rc = kv_buf_put_varint(out, e->leave ? FLAG_LEAVE : 0);
     }
+    if (rc == 0) rc = kv_buf_put_varint(out, c->nb);
+    for (uint32_t i = 0; i < c->nb && rc == 0; i++) {
+        rc = kv_buf_put_lenslice(out, kv_slice_str(c->b[i].name));
+        if (rc == 0) rc = kv_buf_put_u64(out, c->b[i].version);
+        if (rc == 0) rc = kv_buf_put_varint(out, c->b[i].flags);
+    }
     if (rc == 0)
         rc = kv_buf_put_u64(out, kv_checksum(out->ptr + base, out->len - base));
     kv_buf_release(&rb);
@@ -434,6 +503,27 @@ int ring_cluster_decode(kv_slice in, ring_cluster **out) {
         e->leave = flags & FLAG_LEAVE;
         if (i > 0 && strcmp(c->e[i - 1].name, e->name) >= 0) goto out;
     }
+    uint64_t nb;
+    if (kv_get_varint(&r, &nb) || nb > RING_MAX_BUCKETS ||
+        kv_reader_left(&r) < nb * 10)
+        goto out;
+    if (nb && !(c->b = kv_calloc(nb, sizeof *c->b))) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (uint32_t i = 0; i < nb; i++) {
+        kv_slice name;
+        uint64_t flags;
+        bucket *bk = &c->b[i];
+        if (kv_get_lenslice(&r, RING_MAX_NAME, &name) ||
+            !ring_name_valid(name) || kv_get_fixed64(&r, &bk->version) ||
+            kv_get_varint(&r, &flags) || (flags & ~(uint64_t)RING_BUCKET_LWW))
+            goto out;
+        memcpy(bk->name, name.ptr, name.len);
+        bk->flags = (uint32_t)flags;
+        if (i > 0 && strcmp(c->b[i - 1].name, bk->name) >= 0) goto out;
+        c->nb = i + 1;
+    }
     if (kv_reader_left(&r) != 0) goto out;
     *out = c;
     c = NULL;
@@ -441,4 +531,58 @@ int ring_cluster_decode(kv_slice in, ring_cluster **out) {
 out:
     ring_cluster_unref(c);
     return rc;
+}
+
+/* ---- buckets ---- */
+
+static int find_bucket(const ring_cluster *c, kv_slice name) {
+    for (uint32_t i = 0; i < c->nb; i++)
+        if (kv_slice_eq(kv_slice_str(c->b[i].name), name)) return (int)i;
+    return -1;
+}
+
+uint32_t ring_cluster_bucket_flags(const ring_cluster *c, kv_slice name) {
+    int at = find_bucket(c, name);
+    return at < 0 ? 0 : c->b[at].flags;
+}
+
+uint32_t ring_cluster_buckets(const ring_cluster *c) {
+    return c->nb;
+}
+
+kv_slice ring_cluster_bucket(const ring_cluster *c, uint32_t i,
+                             uint32_t *flags) {
+    *flags = c->b[i].flags;
+    return kv_slice_str(c->b[i].name);
+}
+
+int ring_cluster_set_bucket(const ring_cluster *c, kv_slice name,
+                            uint32_t flags, ring_cluster **out) {
+    *out = NULL;
+    if (!ring_name_valid(name) || (flags & ~(uint32_t)RING_BUCKET_LWW))
+        return -EINVAL;
+    int at = find_bucket(c, name);
+    if (at < 0 && c->nb >= RING_MAX_BUCKETS) return KV_ETOOLARGE;
+    ring_cluster *d = copy_cluster(c, 0);
+    bucket *nb =
+        d && at < 0 ? kv_realloc(d->b, (d->nb + 1) * sizeof *nb) : NULL;
+    if (!d || (at < 0 && !nb)) {
+        ring_cluster_unref(d);
+        return -ENOMEM;
+    }
+    if (at < 0) {
+        d->b = nb;
+        uint32_t i = 0;
+        while (i < d->nb && kv_slice_cmp(kv_slice_str(d->b[i].name), name) < 0)
+            i++;
+        memmove(&d->b[i + 1], &d->b[i], (d->nb - i) * sizeof *d->b);
+        memset(&d->b[i], 0, sizeof *d->b);
+        memcpy(d->b[i].name, name.ptr, name.len);
+        d->nb++;
+        at = (int)i;
+    }
+    d->b[at].version++;
+    d->b[at].flags = flags;
+    *out = d;
+    return 0;
 }

@@ -183,6 +183,22 @@ int ring_cluster_claimant(const ring_cluster *c,
  * there is nothing to do; -ENOMEM, or ring_join's errors. */
 int ring_cluster_claim(const ring_cluster *c, ring_cluster **out);
 
+/* Buckets: the part of a key before its first '/' names its bucket (keys
+ * without one are in the default bucket, which has no settings). A bucket
+ * setting is a register: set at any node with a version above the one that
+ * node knows, the higher version winning the merge (ties: the higher
+ * flags). RING_BUCKET_LWW: last writer wins instead of siblings. */
+#define RING_BUCKET_LWW 1u
+#define RING_MAX_BUCKETS 1024u
+uint32_t ring_cluster_bucket_flags(const ring_cluster *c, kv_slice name);
+uint32_t ring_cluster_buckets(const ring_cluster *c);
+kv_slice ring_cluster_bucket(const ring_cluster *c, uint32_t i,
+                             uint32_t *flags);
+/* c with bucket name set to flags. -EINVAL for a bad name (as a member
+ * name) or unknown flags, KV_ETOOLARGE past RING_MAX_BUCKETS, -ENOMEM. */
+int ring_cluster_set_bucket(const ring_cluster *c, kv_slice name,
+                            uint32_t flags, ring_cluster **out);
+
 /* Encoding (versioned, checksummed): docs/ring-format.md. Decode checks
  * every bound before allocating: KV_ECORRUPT, KV_EVERSION, -ENOMEM. */
 int ring_cluster_encode(const ring_cluster *c, kv_buf *out);

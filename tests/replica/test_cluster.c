@@ -6,7 +6,9 @@
  * siblings and a write with the merged context resolves them, and writers
  * with stale contexts never make more siblings than there are writers;
  * join and leave move data so that every acknowledged key is readable
- * afterwards, stored on exactly its owners. Every process a test starts
+ * afterwards, stored on exactly its owners; with one clock 5 s ahead, a
+ * later write is silently lost under last-writer-wins and kept as a
+ * sibling under vector clocks. Every process a test starts
  * is stopped by the fixture, also when an assertion fails.
  */
 #include "engine/engine.h"
@@ -65,8 +67,9 @@ static void nap(int ms) {
 }
 
 /* Start node i (its directory kept across restarts), joining through
- * seed (NULL: found a cluster), and wait for its address. */
-static void start(int i, const char *seed) {
+ * seed (NULL: found a cluster), its clock off by skew_ms, and wait for its
+ * address. */
+static void start_skewed(int i, const char *seed, const char *skew_ms) {
     node *n = &g_nodes[i];
     snprintf(n->name, sizeof n->name, "n%d", i);
     snprintf(n->data, sizeof n->data, "%s/n%d", g_dir, i);
@@ -76,7 +79,7 @@ static void start(int i, const char *seed) {
     cr_assert_geq(n->pid, 0);
     if (n->pid == 0) {
         if (!freopen(n->log, "w", stderr)) _exit(127);
-        const char *argv[20] = {"quorumfs",
+        const char *argv[24] = {"quorumfs",
                                 "--log-level",
                                 "info",
                                 "node",
@@ -89,11 +92,17 @@ static void start(int i, const char *seed) {
                                 "--gossip-ms",
                                 "100",
                                 "--failure-timeout-ms",
-                                "1000"};
-        int a = 14;
+                                "1000",
+                                "--tombstone-grace-ms",
+                                "300"};
+        int a = 16;
         if (seed) {
             argv[a++] = "--join";
             argv[a++] = seed;
+        }
+        if (skew_ms) {
+            argv[a++] = "--clock-offset-ms";
+            argv[a++] = skew_ms;
         }
         argv[a] = NULL;
         execv(g_bin, (char *const *)argv);
@@ -113,6 +122,10 @@ static void start(int i, const char *seed) {
         nap(10);
     }
     cr_assert_fail("node %d did not start (see %s)", i, n->log);
+}
+
+static void start(int i, const char *seed) {
+    start_skewed(i, seed, NULL);
 }
 
 static rep_client *connect_to(int i) {
@@ -434,4 +447,142 @@ Test(cluster, join_and_leave_move_data_nothing_lost) {
     for (int i = 0; i < 3; i++) stop(&g_nodes[three[i]], SIGTERM);
     check_placement(r, three, 3, KEYS);
     ring_cluster_unref(s);
+}
+
+/* Whether node i knows bucket b's setting as flags. */
+static bool bucket_is(int i, const char *b, uint32_t flags) {
+    ring_cluster *s = state_of(i);
+    bool is = ring_cluster_bucket_flags(s, kv_slice_str(b)) == flags &&
+              ring_cluster_buckets(s) > 0;
+    ring_cluster_unref(s);
+    return is;
+}
+
+/* The known failure of last-writer-wins: with n0's clock 5 s ahead, a
+ * write made later through n1 is acknowledged and silently lost, because
+ * n0's earlier write carries the later timestamp. The same two writes in
+ * a bucket with vector clocks both survive, as siblings. */
+Test(cluster, clock_skew_loses_a_write_under_lww_not_under_vector_clocks) {
+    start_skewed(0, NULL, "5000");
+    start(1, g_nodes[0].addr);
+    start(2, g_nodes[0].addr);
+    int all[] = {0, 1, 2};
+    wait_stable(all, 3, 3);
+    rep_client *c0 = connect_to(0), *c1 = connect_to(1), *c2 = connect_to(2);
+    OK(rep_client_bucket(c1, kv_slice_str("lww"), RING_BUCKET_LWW));
+    for (int t = 0; t < 200 && !(bucket_is(0, "lww", RING_BUCKET_LWW) &&
+                                 bucket_is(2, "lww", RING_BUCKET_LWW));
+         t++)
+        nap(50);
+    cr_assert(bucket_is(0, "lww", RING_BUCKET_LWW), "the setting spread");
+    rep_opts o = {.n = 3, .r = 2, .w = 2};
+    const char *keys[2] = {"lww/device-7", "vclock/device-7"};
+    for (int k = 0; k < 2; k++) {
+        kv_slice key = kv_slice_str(keys[k]), none = kv_slice_make("", 0);
+        /* Both writers write without reading, as LWW clients do. */
+        OK(rep_client_put(c0, key, none, kv_slice_str("early-skewed"), &o));
+        nap(100);
+        OK(rep_client_put(c1, key, none, kv_slice_str("later-true"), &o));
+        kv_buf obj = KV_BUF_INIT;
+        OK(rep_client_get(c2, key, &(rep_opts){.n = 3, .r = 3, .w = 2}, &obj));
+        dvv_set *s;
+        OK(dvv_set_decode(kv_buf_slice(&obj), &s));
+        if (k == 0) {
+            cr_assert_eq(dvv_set_siblings(s), 1);
+            dvv_sibling w = dvv_set_sibling(s, 0);
+            cr_assert(kv_slice_eq(w.value.bytes, kv_slice_str("early-skewed")),
+                      "LWW kept '%.*s': the later write was not lost?",
+                      (int)w.value.bytes.len, (const char *)w.value.bytes.ptr);
+        } else {
+            cr_assert_eq(dvv_set_siblings(s), 2, "vector clocks keep both");
+            bool early = false, later = false;
+            for (size_t i = 0; i < 2; i++) {
+                kv_slice v = dvv_set_sibling(s, i).value.bytes;
+                early |= kv_slice_eq(v, kv_slice_str("early-skewed"));
+                later |= kv_slice_eq(v, kv_slice_str("later-true"));
+            }
+            cr_assert(early && later);
+        }
+        dvv_set_free(s);
+        kv_buf_release(&obj);
+    }
+    rep_client_close(c0);
+    rep_client_close(c1);
+    rep_client_close(c2);
+}
+
+/* Delete key k through c (reading its context first). */
+static int del_through(rep_client *c, int k, uint8_t w) {
+    char key[32];
+    key_name(key, k);
+    kv_buf ctx = KV_BUF_INIT;
+    read_ctx(c, key, &ctx);
+    int rc = rep_client_del(c, kv_slice_str(key), kv_buf_slice(&ctx),
+                            &(rep_opts){.n = 3, .r = 2, .w = w});
+    kv_buf_release(&ctx);
+    return rc;
+}
+
+/* Whether key k reads as deleted through c with R=3: absent, or only
+ * tombstones. */
+static bool reads_deleted(rep_client *c, int k) {
+    char key[32];
+    key_name(key, k);
+    kv_buf obj = KV_BUF_INIT;
+    int rc = KV_EQUORUM;
+    /* A restarted replica counts as down until its first heartbeat. */
+    for (int t = 0; t < 100 && rc == KV_EQUORUM; t++) {
+        rc = rep_client_get(c, kv_slice_str(key),
+                            &(rep_opts){.n = 3, .r = 3, .w = 2}, &obj);
+        if (rc == KV_EQUORUM) nap(50);
+    }
+    if (rc == KV_ENOTFOUND) return true;
+    OK(rc);
+    dvv_set *s;
+    OK(dvv_set_decode(kv_buf_slice(&obj), &s));
+    bool dead = true;
+    for (size_t i = 0; i < dvv_set_siblings(s); i++)
+        dead &= (dvv_set_sibling(s, i).value.flags & DVV_TOMBSTONE) != 0;
+    dvv_set_free(s);
+    kv_buf_release(&obj);
+    return dead;
+}
+
+/* A tombstone every replica acknowledged is purged after the grace
+ * period; one a replica missed (it was down) stays, and when that replica
+ * comes back with the old value the key still reads as deleted. */
+Test(cluster, tombstones_purged_only_when_every_replica_has_them) {
+    start_cluster(3);
+    rep_client *c = connect_to(0);
+    for (int k = 0; k < 30; k++) OK(put_through(c, k, 1, 3));
+    for (int k = 0; k < 10; k++) OK(del_through(c, k, 2));
+    nap(1200); /* grace 300 ms, ticks of 100 ms */
+    for (int k = 0; k < 10; k++) {
+        char key[32];
+        key_name(key, k);
+        kv_buf obj = KV_BUF_INIT;
+        EXPECT_RC(rep_client_get(c, kv_slice_str(key),
+                                 &(rep_opts){.n = 3, .r = 3, .w = 2}, &obj),
+                  KV_ENOTFOUND);
+        kv_buf_release(&obj);
+    }
+    /* n2 misses the next deletes. */
+    stop(&g_nodes[2], SIGKILL);
+    for (int k = 10; k < 15; k++) OK(del_through(c, k, 2));
+    nap(1200);
+    start(2, NULL);
+    int all[] = {0, 1, 2};
+    wait_stable(all, 3, 3);
+    for (int k = 10; k < 15; k++)
+        cr_assert(reads_deleted(c, k), "key %d came back", k);
+    rep_client_close(c);
+    for (int i = 0; i < 3; i++) stop(&g_nodes[i], SIGTERM);
+    for (int i = 0; i < 3; i++) {
+        keyset ks;
+        keys_of(i, &ks);
+        for (int k = 0; k < 10; k++)
+            cr_assert_not(ks.has[k], "n%d still holds purged key %d", i, k);
+        for (int k = 10; k < 30; k++)
+            cr_assert(ks.has[k], "n%d lost key %d (or its tombstone)", i, k);
+    }
 }

@@ -68,14 +68,12 @@ static bool holds(const dvv_set *s, const char *v) {
  * object; both end with both siblings and the same bytes. */
 Test(store, replicas_converge_in_any_order) {
     kv_buf a = KV_BUF_INIT, b = KV_BUF_INIT, ea = KV_BUF_INIT, eb = KV_BUF_INIT;
-    OK(rep_store_update(g_st[0], S("k"), S(""), S("from-0"), false, false, 11,
-                        1000, &a));
-    OK(rep_store_update(g_st[1], S("k"), S(""), S("from-1"), false, false, 22,
-                        2000, &b));
-    OK(rep_store_merge(g_st[0], S("k"), kv_buf_slice(&b), false, 11));
-    OK(rep_store_merge(g_st[1], S("k"), kv_buf_slice(&a), false, 22));
+    OK(rep_store_update(g_st[0], S("k"), S(""), S("from-0"), 0, 11, 1000, &a));
+    OK(rep_store_update(g_st[1], S("k"), S(""), S("from-1"), 0, 22, 2000, &b));
+    OK(rep_store_merge(g_st[0], S("k"), kv_buf_slice(&b), 0, 11));
+    OK(rep_store_merge(g_st[1], S("k"), kv_buf_slice(&a), 0, 22));
     /* Merging again changes nothing (idempotent). */
-    OK(rep_store_merge(g_st[1], S("k"), kv_buf_slice(&a), false, 22));
+    OK(rep_store_merge(g_st[1], S("k"), kv_buf_slice(&a), 0, 22));
     OK(rep_store_get(g_st[0], S("k"), &ea));
     OK(rep_store_get(g_st[1], S("k"), &eb));
     cr_assert_eq(ea.len, eb.len);
@@ -84,11 +82,58 @@ Test(store, replicas_converge_in_any_order) {
     cr_assert_eq(dvv_set_siblings(s), 2);
     cr_assert(holds(s, "from-0") && holds(s, "from-1"));
     /* An older object arriving late is absorbed: nothing goes back. */
-    OK(rep_store_merge(g_st[0], S("k"), kv_buf_slice(&a), false, 11));
+    OK(rep_store_merge(g_st[0], S("k"), kv_buf_slice(&a), 0, 11));
     dvv_set_free(s);
     s = load(0, "k");
     cr_assert_eq(dvv_set_siblings(s), 2);
     dvv_set_free(s);
+    kv_buf_release(&a);
+    kv_buf_release(&b);
+    kv_buf_release(&ea);
+    kv_buf_release(&eb);
+}
+
+/* Last writer wins: a write with an older timestamp than the stored one
+ * is dropped (and says nothing), a newer one replaces every sibling; two
+ * replicas that receive each other's objects keep the later write. */
+Test(store, lww_keeps_the_latest_timestamp_only) {
+    kv_buf a = KV_BUF_INIT, b = KV_BUF_INIT, ea = KV_BUF_INIT, eb = KV_BUF_INIT;
+    OK(rep_store_update(g_st[0], S("k"), S(""), S("at-2000"), REP_STORE_LWW, 11,
+                        2000, &a));
+    OK(rep_store_update(g_st[0], S("k"), S(""), S("at-1000"), REP_STORE_LWW, 22,
+                        1000, &b));
+    dvv_set *s = load(0, "k");
+    cr_assert_eq(dvv_set_siblings(s), 1);
+    cr_assert(holds(s, "at-2000"), "the older write must lose");
+    dvv_set_free(s);
+    kv_buf_reset(&a);
+    OK(rep_store_update(g_st[0], S("k"), S(""), S("at-3000"), REP_STORE_LWW, 22,
+                        3000, &a));
+    s = load(0, "k");
+    cr_assert_eq(dvv_set_siblings(s), 1);
+    cr_assert(holds(s, "at-3000"));
+    dvv_set_free(s);
+    /* Replica 1 wrote concurrently at 2500: merging either way keeps the
+     * write at 3000 on both, as one sibling. */
+    kv_buf_reset(&b);
+    OK(rep_store_update(g_st[1], S("k"), S(""), S("at-2500"), REP_STORE_LWW, 33,
+                        2500, &b));
+    OK(rep_store_merge(g_st[0], S("k"), kv_buf_slice(&b), REP_STORE_LWW, 11));
+    OK(rep_store_merge(g_st[1], S("k"), kv_buf_slice(&a), REP_STORE_LWW, 33));
+    OK(rep_store_get(g_st[0], S("k"), &ea));
+    OK(rep_store_get(g_st[1], S("k"), &eb));
+    cr_assert_eq(ea.len, eb.len);
+    cr_assert_eq(memcmp(ea.ptr, eb.ptr, ea.len), 0, "replicas differ");
+    s = load(1, "k");
+    cr_assert_eq(dvv_set_siblings(s), 1);
+    cr_assert(holds(s, "at-3000"));
+    dvv_set_free(s);
+    /* The coordinator's merge of replies picks the same. */
+    kv_buf m = KV_BUF_INIT;
+    OK(rep_obj_merge(kv_buf_slice(&b), kv_buf_slice(&a), true, &m));
+    cr_assert_eq(m.len, a.len);
+    cr_assert_eq(memcmp(m.ptr, a.ptr, a.len), 0);
+    kv_buf_release(&m);
     kv_buf_release(&a);
     kv_buf_release(&b);
     kv_buf_release(&ea);
@@ -108,8 +153,8 @@ static void *writer(void *p) {
         /* Blind writes from one coordinator: each must stay a sibling
          * until a later write of the same writer... none here: all
          * concurrent, so the count only grows by one per writer. */
-        int rc = rep_store_update(g_st[0], S("hot"), S(""), S(v), false, false,
-                                  7, (uint64_t)i, &out);
+        int rc = rep_store_update(g_st[0], S("hot"), S(""), S(v), 0, 7,
+                                  (uint64_t)i, &out);
         cr_assert_eq(rc, 0);
     }
     kv_buf_release(&out);
@@ -138,8 +183,7 @@ Test(store, concurrent_updates_of_one_key_lose_nothing) {
  * copy of the data). */
 Test(store, damaged_object_is_reported_not_overwritten) {
     kv_buf out = KV_BUF_INIT;
-    OK(rep_store_update(g_st[0], S("k"), S(""), S("v"), false, false, 1, 1,
-                        &out));
+    OK(rep_store_update(g_st[0], S("k"), S(""), S("v"), 0, 1, 1, &out));
     /* Find the engine key (the only one) and damage its value. */
     eng_iter *it;
     OK(eng_iter_new(g_db[0], NULL, &it));
@@ -149,20 +193,17 @@ Test(store, damaged_object_is_reported_not_overwritten) {
     OK(kv_buf_set(&k, eng_iter_key(it).ptr, eng_iter_key(it).len));
     eng_iter_free(it);
     OK(eng_db_put(g_db[0], kv_buf_slice(&k), S("garbage"), ENG_WF_DEFAULT));
-    EXPECT_RC(rep_store_update(g_st[0], S("k"), S(""), S("v2"), false, false, 1,
-                               2, &out),
+    EXPECT_RC(rep_store_update(g_st[0], S("k"), S(""), S("v2"), 0, 1, 2, &out),
               KV_ECORRUPT);
     kv_buf obj = KV_BUF_INIT;
-    OK(rep_store_update(g_st[1], S("k"), S(""), S("other"), false, false, 2, 3,
-                        &obj));
-    EXPECT_RC(rep_store_merge(g_st[0], S("k"), kv_buf_slice(&obj), false, 1),
+    OK(rep_store_update(g_st[1], S("k"), S(""), S("other"), 0, 2, 3, &obj));
+    EXPECT_RC(rep_store_merge(g_st[0], S("k"), kv_buf_slice(&obj), 0, 1),
               KV_ECORRUPT);
     kv_buf raw = KV_BUF_INIT;
     OK(eng_db_get(g_db[0], NULL, kv_buf_slice(&k), &raw));
     cr_assert(kv_slice_eq(kv_buf_slice(&raw), S("garbage")));
     /* A merge of bytes that are not an object is refused too. */
-    EXPECT_RC(rep_store_merge(g_st[1], S("k"), S("junk"), false, 2),
-              KV_ECORRUPT);
+    EXPECT_RC(rep_store_merge(g_st[1], S("k"), S("junk"), 0, 2), KV_ECORRUPT);
     kv_buf_release(&raw);
     kv_buf_release(&obj);
     kv_buf_release(&k);
@@ -176,8 +217,7 @@ Test(store, partitions_are_contiguous_engine_ranges) {
     char key[32];
     for (int i = 0; i < 300; i++) {
         snprintf(key, sizeof key, "key-%d", i);
-        OK(rep_store_update(g_st[0], S(key), S(""), S("v"), false, false, 1, 1,
-                            &out));
+        OK(rep_store_update(g_st[0], S(key), S(""), S("v"), 0, 1, 1, &out));
     }
     ring *r;
     OK(ring_new(64, S("n"), &r));
@@ -257,8 +297,7 @@ Test(store, get_of_a_damaged_object_is_corrupt) {
  * returns KV_EVERSION (see docs/object-format.md, recovery step 4). */
 Test(store, get_of_a_newer_version_is_eversion) {
     kv_buf obj = KV_BUF_INIT, ek = KV_BUF_INIT, out = KV_BUF_INIT;
-    OK(rep_store_update(g_st[0], S("k"), S(""), S("v"), false, false, 1, 1,
-                        &obj));
+    OK(rep_store_update(g_st[0], S("k"), S(""), S("v"), 0, 1, 1, &obj));
     OK(rep_store_get(g_st[0], S("k"), &out));
     cr_assert(kv_slice_eq(kv_buf_slice(&out), kv_buf_slice(&obj)));
     /* Version 2 at offset 4, checksum (the last 8 bytes) made to match. */
