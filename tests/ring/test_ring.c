@@ -247,8 +247,8 @@ Test(ring, placement_hash_never_changes) {
     cr_assert_neq(h, ring_hash(S("devices/7/statf")));
     fprintf(stderr, "ring: hash of devices/7/state = 0x%016llx\n",
             (unsigned long long)h);
-    cr_assert_eq(h, UINT64_C(0x81f94a0323e56577), "placement hash changed: 0x%016llx",
-                 (unsigned long long)h);
+    cr_assert_eq(h, UINT64_C(0x81f94a0323e56577),
+                 "placement hash changed: 0x%016llx", (unsigned long long)h);
 }
 
 /* Two nodes applying the same changes get the same ring, byte for byte,
