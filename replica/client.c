@@ -140,18 +140,64 @@ static int call(rep_client *c, rep_msg *m, uint64_t deadline) {
     return 0;
 }
 
-int rep_client_connect(const char *hostport, uint32_t timeout_ms,
-                       rep_client **out) {
-    *out = NULL;
-    struct sockaddr_in sa;
-    if (!hostport || rep_parse_addr(hostport, &sa)) return -EINVAL;
+/* Exchange HELLOs on c's connected socket. */
+static int hello(rep_client *c, uint64_t deadline) {
+    int rc;
+    rep_msg h = {.type = REP_HELLO, .u64 = REP_PROTO_VERSION};
+    h.flags = REP_ROLE_CLIENT;
+    h.text = kv_slice_str("client");
+    if ((rc = call(c, &h, deadline))) return rc;
+    if (c->reply.type != REP_HELLO || c->reply.u64 != REP_PROTO_VERSION) {
+        rc = c->reply.type == REP_HELLO ? KV_EVERSION : KV_EPROTO;
+        return rc;
+    }
+    snprintf(c->node, sizeof c->node, "%.*s",
+             (int)KV_MIN(c->reply.text.len, sizeof c->node - 1),
+             (const char *)c->reply.text.ptr);
+    return 0;
+}
+
+static rep_client *client_new(uint32_t timeout_ms) {
     rep_client *c = kv_calloc(1, sizeof *c);
-    if (!c) return -ENOMEM;
+    if (!c) return NULL;
     c->fd = -1;
     c->timeout_ms = timeout_ms ? timeout_ms : 10000;
     rep_parser_init(&c->parser, REP_MAX_PAYLOAD);
     kv_buf_init(&c->out);
     kv_buf_init(&c->reply_bytes);
+    return c;
+}
+
+int rep_client_open_fd(int fd, uint32_t timeout_ms, rep_client **out) {
+    *out = NULL;
+    rep_client *c = client_new(timeout_ms);
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    c->fd = fd;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        int rc = -errno;
+        rep_client_close(c);
+        return rc;
+    }
+    int rc = hello(c, mono_ms() + c->timeout_ms);
+    if (rc) {
+        rep_client_close(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+int rep_client_connect(const char *hostport, uint32_t timeout_ms,
+                       rep_client **out) {
+    *out = NULL;
+    struct sockaddr_in sa;
+    if (!hostport || rep_parse_addr(hostport, &sa)) return -EINVAL;
+    rep_client *c = client_new(timeout_ms);
+    if (!c) return -ENOMEM;
     uint64_t deadline = mono_ms() + c->timeout_ms;
     int rc;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -175,17 +221,7 @@ int rep_client_connect(const char *hostport, uint32_t timeout_ms,
             goto fail;
         }
     }
-    rep_msg h = {.type = REP_HELLO, .u64 = REP_PROTO_VERSION};
-    h.flags = REP_ROLE_CLIENT;
-    h.text = kv_slice_str("client");
-    if ((rc = call(c, &h, deadline))) goto fail;
-    if (c->reply.type != REP_HELLO || c->reply.u64 != REP_PROTO_VERSION) {
-        rc = c->reply.type == REP_HELLO ? KV_EVERSION : KV_EPROTO;
-        goto fail;
-    }
-    snprintf(c->node, sizeof c->node, "%.*s",
-             (int)KV_MIN(c->reply.text.len, sizeof c->node - 1),
-             (const char *)c->reply.text.ptr);
+    if ((rc = hello(c, deadline))) goto fail;
     *out = c;
     return 0;
 fail:

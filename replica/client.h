@@ -33,6 +33,9 @@ typedef struct rep_opts {
  * KV_EVERSION (the node speaks another protocol version), KV_EPROTO. */
 int rep_client_connect(const char *hostport, uint32_t timeout_ms,
                        rep_client **out);
+/* A client on an already connected stream socket fd (taken over, closed
+ * on failure): HELLO within timeout_ms. rep_node_connect uses it. */
+int rep_client_open_fd(int fd, uint32_t timeout_ms, rep_client **out);
 void rep_client_close(rep_client *c);
 /* The node's name from its HELLO, valid while c lives. */
 const char *rep_client_node(const rep_client *c);

@@ -12,6 +12,7 @@
  * Protocol and state machines: docs/protocol.md.
  */
 #include "replica/node_int.h"
+#include "replica/client.h"
 #include "replica/dvv.h"
 
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -111,17 +113,18 @@ static void conn_close(conn *c, const char *why) {
         n->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    uv_close(&c->io.handle, on_handle_closed);
     uv_close((uv_handle_t *)&c->idle, on_handle_closed);
 }
 
 /* Read again once the backlog fell to half of its bounds. */
 static void conn_maybe_resume(conn *c) {
     if (!c->paused || c->closing || c->draining) return;
-    if (c->refs > MAX_REFS / 2 || c->tcp.write_queue_size > MAX_QUEUED / 2)
+    if (c->refs > MAX_REFS / 2 ||
+        CONN_STREAM(c)->write_queue_size > MAX_QUEUED / 2)
         return;
     c->paused = false;
-    uv_read_start((uv_stream_t *)&c->tcp, rep__read_buf, on_read);
+    uv_read_start(CONN_STREAM(c), rep__read_buf, on_read);
 }
 
 void rep__conn_ref(conn *c) {
@@ -147,7 +150,7 @@ static void on_written(uv_write_t *w, int status) {
     if (c->closing) return;
     if (status < 0) {
         conn_close(c, uv_strerror(status));
-    } else if (c->draining && c->tcp.write_queue_size == 0) {
+    } else if (c->draining && CONN_STREAM(c)->write_queue_size == 0) {
         conn_close(c, NULL);
     } else {
         conn_maybe_resume(c);
@@ -171,7 +174,7 @@ void rep__conn_send(conn *c, const rep_msg *m) {
     }
     uv_buf_t b = uv_buf_init((char *)r->buf.ptr, (unsigned)r->buf.len);
     r->uv.data = c;
-    rc = uv_write(&r->uv, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+    rc = uv_write(&r->uv, CONN_STREAM(c), &b, 1, on_written);
     if (rc) {
         kv_buf_release(&r->buf);
         kv_free(r);
@@ -339,9 +342,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         return;
     }
     if (!c->closing && !c->paused &&
-        (c->refs >= MAX_REFS || c->tcp.write_queue_size >= MAX_QUEUED)) {
+        (c->refs >= MAX_REFS ||
+         CONN_STREAM(c)->write_queue_size >= MAX_QUEUED)) {
         c->paused = true;
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        uv_read_stop(CONN_STREAM(c));
     }
 }
 
@@ -352,12 +356,40 @@ static void on_idle(uv_timer_t *t) {
         return;
     }
     /* Busy is not idle: wait while answers are due or unwritten. */
-    if (c->refs > 0 || c->tcp.write_queue_size > 0) return;
+    if (c->refs > 0 || CONN_STREAM(c)->write_queue_size > 0) return;
     conn_close(c, "idle timeout");
 }
 
 static void on_refused_closed(uv_handle_t *h) {
     kv_free(h);
+}
+
+/* A served connection on stream handle io (tcp or pipe, initialised by
+ * the caller), linked into the node; its reading starts with conn_start. */
+static conn *conn_new(rep_node *n) {
+    conn *c = kv_calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->node = n;
+    rep_parser_init(&c->parser, REP_HELLO_MAX_PAYLOAD);
+    uv_timer_init(&n->loop, &c->idle);
+    c->idle.data = c;
+    c->next = n->conns;
+    if (n->conns) n->conns->prev = c;
+    n->conns = c;
+    return c;
+}
+
+/* After the caller initialised c->io: both handles are c's to close. */
+static void conn_attach(conn *c) {
+    c->io.handle.data = c;
+    c->handles = 2;
+}
+
+/* Once the stream is connected: read, and time out when idle. */
+static void conn_start(conn *c) {
+    uv_timer_start(&c->idle, on_idle, c->node->opt.idle_ms,
+                   c->node->opt.idle_ms);
+    uv_read_start(CONN_STREAM(c), rep__read_buf, on_read);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -366,7 +398,7 @@ static void on_connection(uv_stream_t *server, int status) {
         kv_warn(MOD, "accept failed: %s", uv_strerror(status));
         return;
     }
-    conn *c = kv_calloc(1, sizeof *c);
+    conn *c = conn_new(n);
     if (!c) {
         /* Take the connection off the backlog and close it, or the
          * listener would report it again and again. */
@@ -380,33 +412,75 @@ static void on_connection(uv_stream_t *server, int status) {
         kv_warn(MOD, "refused a connection: out of memory");
         return;
     }
-    c->node = n;
-    rep_parser_init(&c->parser, REP_HELLO_MAX_PAYLOAD);
-    uv_tcp_init(&n->loop, &c->tcp);
-    uv_timer_init(&n->loop, &c->idle);
-    c->handles = 2;
-    c->tcp.data = c->idle.data = c;
-    c->next = n->conns;
-    if (n->conns) n->conns->prev = c;
-    n->conns = c;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    uv_tcp_init(&n->loop, &c->io.tcp);
+    conn_attach(c);
+    snprintf(c->peer, sizeof c->peer, "?");
+    if (uv_accept(server, CONN_STREAM(c)) != 0) {
         conn_close(c, "accept failed");
         return;
     }
     struct sockaddr_storage ss;
     int len = sizeof ss;
-    snprintf(c->peer, sizeof c->peer, "?");
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0 &&
+    if (uv_tcp_getpeername(&c->io.tcp, (struct sockaddr *)&ss, &len) == 0 &&
         ss.ss_family == AF_INET) {
         struct sockaddr_in *in = (struct sockaddr_in *)&ss;
         char ip[32];
         uv_ip4_name(in, ip, sizeof ip);
         snprintf(c->peer, sizeof c->peer, "%s:%u", ip, ntohs(in->sin_port));
     }
-    uv_tcp_nodelay(&c->tcp, 1);
-    uv_tcp_keepalive(&c->tcp, 1, 30);
-    uv_timer_start(&c->idle, on_idle, n->opt.idle_ms, n->opt.idle_ms);
-    uv_read_start((uv_stream_t *)&c->tcp, rep__read_buf, on_read);
+    uv_tcp_nodelay(&c->io.tcp, 1);
+    uv_tcp_keepalive(&c->io.tcp, 1, 30);
+    conn_start(c);
+}
+
+/* ---- in-process connections ---- */
+
+/* On the loop: serve the socketpair ends rep_node_connect queued. */
+static void take_local(rep_node *n) {
+    pthread_mutex_lock(&n->local_mu);
+    int *fds = n->local_fds, nfds = n->nlocal;
+    n->local_fds = NULL;
+    n->nlocal = 0;
+    pthread_mutex_unlock(&n->local_mu);
+    for (int i = 0; i < nfds; i++) {
+        conn *c = n->stopping ? NULL : conn_new(n);
+        if (!c) {
+            close(fds[i]);
+            continue;
+        }
+        uv_pipe_init(&n->loop, &c->io.pipe, 0);
+        conn_attach(c);
+        snprintf(c->peer, sizeof c->peer, "in-process");
+        int rc = uv_pipe_open(&c->io.pipe, fds[i]);
+        if (rc) {
+            close(fds[i]);
+            conn_close(c, uv_strerror(rc));
+        } else {
+            conn_start(c);
+        }
+    }
+    kv_free(fds);
+}
+
+int rep_node_connect(rep_node *n, uint32_t timeout_ms, rep_client **out) {
+    *out = NULL;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return -errno;
+    pthread_mutex_lock(&n->local_mu);
+    int *fds = kv_realloc(n->local_fds, (size_t)(n->nlocal + 1) * sizeof *fds);
+    if (fds) {
+        n->local_fds = fds;
+        fds[n->nlocal++] = sv[0];
+    }
+    pthread_mutex_unlock(&n->local_mu);
+    if (!fds) {
+        close(sv[0]);
+        close(sv[1]);
+        return -ENOMEM;
+    }
+    uv_async_send(&n->wake);
+    return rep_client_open_fd(sv[1], timeout_ms, out);
 }
 
 /* ---- identity and lifecycle ---- */
@@ -532,6 +606,7 @@ int rep_node_open(const rep_node_opts *o, rep_node **out) {
     rep_node *n = kv_calloc(1, sizeof *n);
     if (!n) return -ENOMEM;
     n->opt = *o;
+    pthread_mutex_init(&n->local_mu, NULL);
     int rc = -ENOMEM;
     n->dir = kv_strdup(o->data_dir);
     if (o->name) n->name = kv_strdup(o->name);
@@ -619,8 +694,8 @@ static void shut_down(rep_node *n) {
      * DRAIN_MS), so the KV_ECLOSED answers above reach their clients. */
     for (conn *c = n->conns, *next; c; c = next) {
         next = c->next;
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        if (c->tcp.write_queue_size == 0) {
+        uv_read_stop(CONN_STREAM(c));
+        if (CONN_STREAM(c)->write_queue_size == 0) {
             conn_close(c, NULL);
         } else {
             c->draining = true;
@@ -636,6 +711,7 @@ static void shut_down(rep_node *n) {
 
 static void on_wake(uv_async_t *a) {
     rep_node *n = a->data;
+    take_local(n);
     if (atomic_load(&n->stop_asked)) shut_down(n);
 }
 
@@ -685,6 +761,9 @@ int rep_node_close(rep_node *n) {
     if (n->wake.loop) uv_loop_close(&n->loop);
     rep__member_free(n);
     rep__coord_free(n);
+    for (int i = 0; i < n->nlocal; i++) close(n->local_fds[i]);
+    kv_free(n->local_fds);
+    pthread_mutex_destroy(&n->local_mu);
     rep_store_free(n->store);
     int rc = n->db ? eng_db_close(n->db) : 0;
     kv_free(n->dir);

@@ -56,6 +56,15 @@ void rep_node_stop(rep_node *n);
  * free everything. Returns the engine's close code. */
 int rep_node_close(rep_node *n);
 
+/* An in-process connection to the node: a client (replica/client.h) on
+ * one end of a socketpair, the node's loop on the other; no TCP and no
+ * listener needed (the embedded single-node mode, tests). The node must
+ * be running (rep_node_start, or rep_node_run on another thread) for the
+ * HELLO to complete within timeout_ms. Thread-safe. -errno, -ENOMEM,
+ * client errors. */
+typedef struct rep_client rep_client;
+int rep_node_connect(rep_node *n, uint32_t timeout_ms, rep_client **out);
+
 /* The address the node listens on (with the actual port when the listen
  * address asked for port 0), valid while the node lives. */
 const char *rep_node_address(const rep_node *n);

@@ -65,6 +65,10 @@ struct rep_node {
     uint64_t cleaned_version; /* serving ring whose leftovers are gone */
     bool cleaning;
     bool claiming; /* a claimant step is on the pool */
+    /* in-process connections waiting for the loop (rep_node_connect) */
+    pthread_mutex_t local_mu;
+    int *local_fds;
+    int nlocal;
     /* coord.c: tombstones to purge, by due time */
     reap *reaps, *reaps_tail;
     uint32_t nreaps;
@@ -74,7 +78,12 @@ struct rep_node {
 struct conn {
     rep_node *node;
     conn *prev, *next;
-    uv_tcp_t tcp;
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;   /* from the listener */
+        uv_pipe_t pipe; /* in-process (rep_node_connect) */
+    } io;
     uv_timer_t idle;
     rep_parser parser;
     int handles;   /* open uv handles (tcp, idle) */
@@ -86,6 +95,8 @@ struct conn {
     char member[RING_MAX_NAME + 1]; /* a node's name from its HELLO */
     char peer[96]; /* for log lines: address, then HELLO name */
 };
+
+#define CONN_STREAM(c) (&(c)->io.stream)
 
 /* node.c */
 void rep__conn_send(conn *c, const rep_msg *m);

@@ -15,6 +15,7 @@
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -353,4 +354,63 @@ Test(node, identity_survives_restarts_and_not_a_wipe) {
     o.name = "solo";
     EXPECT_RC(rep_node_open(&o, &g_node), KV_ECORRUPT);
     cr_assert_null(g_node);
+}
+
+typedef struct local_arg {
+    int id;
+    int ok;
+} local_arg;
+
+static void *local_writer(void *p) {
+    local_arg *a = p;
+    rep_client *c;
+    if (rep_node_connect(g_node, 5000, &c)) return NULL;
+    for (int i = 0; i < 50; i++) {
+        char key[32], val[32];
+        snprintf(key, sizeof key, "local/%d/%d", a->id, i);
+        snprintf(val, sizeof val, "v%d", i);
+        if (rep_client_put(c, S(key), S(""), S(val), NULL) == 0) a->ok++;
+    }
+    rep_client_close(c);
+    return NULL;
+}
+
+/* The embedded mode: a node with no listener, served in-process over
+ * socketpairs to clients in several threads; everything written is read
+ * back, and a client of a stopped node gets an error, not a hang. */
+Test(node, in_process_clients_without_tcp) {
+    rep_node_opts o;
+    rep_node_opts_init(&o);
+    o.data_dir = g_dir;
+    o.name = "embedded";
+    OK(rep_node_open(&o, &g_node));
+    cr_assert_str_eq(rep_node_address(g_node), "", "no listener");
+    OK(rep_node_start(g_node));
+    pthread_t t[4];
+    local_arg args[4] = {{0, 0}, {1, 0}, {2, 0}, {3, 0}};
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, local_writer, &args[i]);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    rep_client *c;
+    OK(rep_node_connect(g_node, 5000, &c));
+    cr_assert_str_eq(rep_client_node(c), "embedded");
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(args[i].ok, 50, "writer %d: %d of 50", i, args[i].ok);
+        for (int k = 0; k < 50; k++) {
+            char key[32], val[32];
+            snprintf(key, sizeof key, "local/%d/%d", i, k);
+            snprintf(val, sizeof val, "v%d", k);
+            dvv_set *s = get(c, key);
+            cr_assert_not_null(s, "%s is missing", key);
+            cr_assert_eq(dvv_set_siblings(s), 1);
+            cr_assert(kv_slice_eq(dvv_set_sibling(s, 0).value.bytes, S(val)));
+            dvv_set_free(s);
+        }
+    }
+    rep_node_stop(g_node);
+    kv_buf obj = KV_BUF_INIT;
+    int rc = rep_client_get(c, S("local/0/0"), NULL, &obj);
+    cr_assert(rc != 0, "a stopped node answered");
+    kv_buf_release(&obj);
+    rep_client_close(c);
 }
