@@ -44,6 +44,7 @@ void rep_node_opts_init(rep_node_opts *o) {
     o->n_val = 3;
     o->timeout_ms = 5000;
     o->idle_ms = 60000;
+    o->max_queued = MAX_QUEUED;
     o->gossip_ms = 500;
     o->fd_timeout_ms = 3000;
     o->tombstone_grace_ms = 10000;
@@ -121,7 +122,7 @@ static void conn_close(conn *c, const char *why) {
 static void conn_maybe_resume(conn *c) {
     if (!c->paused || c->closing || c->draining) return;
     if (c->refs > MAX_REFS / 2 ||
-        CONN_STREAM(c)->write_queue_size > MAX_QUEUED / 2)
+        CONN_STREAM(c)->write_queue_size > c->node->opt.max_queued / 2)
         return;
     c->paused = false;
     uv_read_start(CONN_STREAM(c), rep__read_buf, on_read);
@@ -343,7 +344,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     }
     if (!c->closing && !c->paused &&
         (c->refs >= MAX_REFS ||
-         CONN_STREAM(c)->write_queue_size >= MAX_QUEUED)) {
+         CONN_STREAM(c)->write_queue_size >= c->node->opt.max_queued)) {
         c->paused = true;
         uv_read_stop(CONN_STREAM(c));
     }

@@ -29,6 +29,8 @@ typedef struct rep_node_opts {
     uint8_t n_val;           /* copies of every key (ownership, moves), 3 */
     uint32_t timeout_ms;     /* default request deadline, default 5000 */
     uint32_t idle_ms;        /* close connections idle this long, 60000 */
+    uint32_t max_queued;     /* unwritten bytes of a connection before it is
+                              * no longer read (backpressure), 64 MiB */
     uint32_t gossip_ms;      /* gossip and heartbeat period, default 500 */
     uint32_t fd_timeout_ms;  /* a member not heard this long is down, 3000 */
     bool handle_signals;     /* SIGINT and SIGTERM stop the node (CLI) */

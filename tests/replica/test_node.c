@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
@@ -413,4 +414,109 @@ Test(node, in_process_clients_without_tcp) {
     cr_assert(rc != 0, "a stopped node answered");
     kv_buf_release(&obj);
     rep_client_close(c);
+}
+
+typedef struct replies {
+    int got, hello;
+} replies;
+
+static int count_reply(void *arg, const rep_msg *m) {
+    replies *r = arg;
+    if (m->type == REP_HELLO)
+        r->hello++;
+    else if (m->type == REP_GET_REPLY && m->status == 0)
+        r->got++;
+    return 0;
+}
+
+/* Send up to len bytes of p on non-blocking fd for about ms; bytes taken. */
+static size_t push(int fd, const uint8_t *p, size_t len, int ms) {
+    size_t off = 0;
+    for (int t = 0; t < ms / 5 && off < len; t++) {
+        ssize_t w = write(fd, p + off, len - off);
+        if (w > 0)
+            off += (size_t)w;
+        else
+            usleep(5000);
+    }
+    return off;
+}
+
+/* n GETs of key, encoded back to back. */
+static void gets(kv_buf *f, int n, const char *key) {
+    for (int i = 0; i < n; i++) {
+        rep_msg g = {.type = REP_GET, .id = (uint64_t)i + 2, .key = S(key)};
+        OK(rep_msg_encode(&g, f));
+    }
+}
+
+static int flood_connect(void) {
+    int fd = raw_connect();
+    send_hello(fd);
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    return fd;
+}
+
+/* A client that sends requests without reading the answers makes the node
+ * stop reading it once 1 MiB of answers wait (max_queued), instead of
+ * buffering without bound; other clients are still served; and a client
+ * that does read gets every answer, through pauses and resumes. */
+Test(node, a_client_that_does_not_read_is_held_back) {
+    rep_node_opts o;
+    rep_node_opts_init(&o);
+    o.data_dir = g_dir;
+    o.listen = "127.0.0.1:0";
+    o.name = "solo";
+    o.max_queued = 1u << 20;
+    OK(rep_node_open(&o, &g_node));
+    OK(rep_node_start(g_node));
+    rep_client *good = client();
+    char *big = kv_malloc(16384);
+    memset(big, 'x', 16384);
+    OK(rep_client_put(good, S("big"), S(""), kv_slice_make(big, 16384), NULL));
+    /* 20 MB of requests would be 9 GB of answers: the node must stop
+     * taking them long before. */
+    kv_buf f = KV_BUF_INIT;
+    gets(&f, 600000, "big");
+    int fd = flood_connect();
+    /* The first second fills the socket buffers both ways; in the next,
+     * a node that stopped reading takes (next to) nothing more. */
+    size_t took = push(fd, f.ptr, f.len, 1000);
+    cr_assert_lt(took, f.len, "the node took all 20 MB in a second");
+    size_t more = push(fd, f.ptr + took, f.len - took, 1000);
+    cr_assert_lt(more, 64u << 10,
+                 "the node kept reading a client that reads nothing (%zu "
+                 "more bytes after %zu)",
+                 more, took);
+    dvv_set *s = get(good, "big");
+    cr_assert_not_null(s, "another client is still served");
+    dvv_set_free(s);
+    close(fd);
+    /* 3,000 answers (48 MB) to a client that reads them as it sends. */
+    kv_buf_reset(&f);
+    gets(&f, 3000, "big");
+    fd = flood_connect();
+    replies r = {0, 0};
+    rep_parser p;
+    rep_parser_init(&p, REP_MAX_PAYLOAD);
+    char buf[65536];
+    size_t off = 0;
+    for (int idle = 0; idle < 400 && r.got < 3000;) {
+        off += push(fd, f.ptr + off, f.len - off, 5);
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n > 0) {
+            OK(rep_parser_feed(&p, buf, (size_t)n, count_reply, &r));
+            idle = 0;
+        } else {
+            usleep(5000);
+            idle++;
+        }
+    }
+    cr_assert_eq(r.got, 3000, "%d of 3000 answered", r.got);
+    rep_parser_release(&p);
+    kv_buf_release(&f);
+    kv_free(big);
+    close(fd);
+    rep_client_close(good);
 }
