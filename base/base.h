@@ -35,6 +35,7 @@ enum {
     KV_EVERSION = -4102,  /* a format version this build does not know */
     KV_ECLOSED = -4103,   /* the object is shutting down */
     KV_EBUSY = -4104,     /* the resource is locked by someone else */
+    KV_ESTALE = -4105,    /* placement moved: the receiver does not own it */
 };
 
 /* A static string naming rc: "corrupt data", or strerror(-rc) for -errno. */

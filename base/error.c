@@ -29,6 +29,8 @@ const char *kv_strerror(int rc) {
         return "closed";
     case KV_EBUSY:
         return "busy";
+    case KV_ESTALE:
+        return "not an owner under the current ring";
     default:
         break;
     }

@@ -245,11 +245,13 @@ const char *rep_client_node(const rep_client *c) {
 static int check_opts(const rep_opts *o, rep_msg *m) {
     rep_opts d = {0};
     if (!o) o = &d;
-    m->n = o->n ? o->n : 3;
-    m->r = o->r ? o->r : 2;
-    m->w = o->w ? o->w : 2;
+    /* Zero fields go out as zero: the node fills in its defaults (N =
+     * its n_val, R and W a majority of N). */
+    m->n = o->n;
+    m->r = o->r;
+    m->w = o->w;
     m->timeout_ms = o->timeout_ms;
-    if (m->r > m->n || m->w > m->n) return -EINVAL;
+    if (o->n && (o->r > o->n || o->w > o->n)) return -EINVAL;
     return 0;
 }
 
@@ -317,4 +319,11 @@ int rep_client_bucket(rep_client *c, kv_slice bucket, uint32_t flags) {
     if (rc) return rc;
     if (c->reply.type != REP_BUCKET_REPLY) return break_with(c, KV_EPROTO);
     return c->reply.status;
+}
+
+int rep_client_call(rep_client *c, rep_msg *m, const rep_msg **reply) {
+    *reply = NULL;
+    int rc = call(c, m, mono_ms() + c->timeout_ms);
+    if (rc == 0) *reply = &c->reply;
+    return rc;
 }

@@ -19,9 +19,11 @@
 
 typedef struct rep_client rep_client;
 
-/* Per-request options; zero fields take the defaults (N 3, R 2, W 2, the
- * node's deadline). 1 <= R, W <= N, else -EINVAL before anything is sent.
- * R + W <= N is allowed (reads may then miss the last write). */
+/* Per-request options; zero fields take the node's defaults (N = the
+ * cluster's n_val, 3 unless configured; R and W a majority of N: 2 of 3;
+ * the node's deadline). 1 <= R, W <= N <= n_val, else -EINVAL (here when
+ * N is given, else from the node). R + W <= N is allowed (reads may then
+ * miss the last write). */
 typedef struct rep_opts {
     uint8_t n, r, w;
     uint32_t timeout_ms; /* the coordinator's deadline */
@@ -67,5 +69,10 @@ int rep_client_leave(rep_client *c);
  * 0 for siblings); the setting spreads by gossip. -EINVAL for a bad name
  * or flags. */
 int rep_client_bucket(rep_client *c, kv_slice bucket, uint32_t flags);
+/* Any request frame m (its id is set here), for tools and tests that speak
+ * the protocol directly (replica-get to one node, say): *reply is the
+ * answer, valid until the next call on c. Connection errors as above. */
+typedef struct rep_msg rep_msg;
+int rep_client_call(rep_client *c, rep_msg *m, const rep_msg **reply);
 
 #endif

@@ -36,7 +36,9 @@ struct req {
     int forward_from; /* put forwarded: next preflist index to try */
     uint32_t timeout_ms;
     bool done, sync, tombstone, have_obj;
-    bool lww; /* the key's bucket is last-writer-wins */
+    bool lww;     /* the key's bucket is last-writer-wins */
+    bool merging; /* get: objects are being merged on the pool */
+    struct pend *pending, *pending_tail; /* replies waiting for the merge */
     kv_buf key, ctx, value;
     kv_buf obj; /* get: objects merged so far; put: the new object */
     uint64_t started;
@@ -148,7 +150,7 @@ void rep__coord_stop_all(rep_node *n) {
 
 /* ---- get ---- */
 
-/* Merge one replica's object into the answer. */
+/* Merge one replica's object into the answer, here on the loop. */
 static int take_object(req *rq, kv_slice obj) {
     if (!rq->have_obj) {
         int rc = kv_buf_set(&rq->obj, obj.ptr, obj.len);
@@ -169,6 +171,124 @@ static int take_object(req *rq, kv_slice obj) {
     return rc;
 }
 
+/* Objects up to this size are merged on the loop; larger ones (decoding
+ * and re-encoding up to 64 MiB) on the pool, one merge at a time per
+ * request, with the replies that arrive meanwhile waiting their turn (and
+ * counted only once merged, so the answer never misses one). */
+#define MERGE_ON_LOOP (256u << 10)
+
+typedef struct pend {
+    struct pend *next;
+    int rc; /* 0: obj to merge; KV_ENOTFOUND: nothing */
+    kv_buf obj;
+} pend;
+
+typedef struct mwork {
+    req *rq;
+    kv_buf acc;
+    pend *list;
+    int rc;
+} mwork;
+
+static void merge_run(void *arg) {
+    mwork *w = arg;
+    for (pend *p = w->list; p && w->rc == 0; p = p->next) {
+        if (p->rc) continue;
+        if (w->acc.len == 0) {
+            w->acc = p->obj;
+            kv_buf_init(&p->obj);
+            continue;
+        }
+        kv_buf m = KV_BUF_INIT;
+        w->rc = rep_obj_merge(kv_buf_slice(&w->acc), kv_buf_slice(&p->obj),
+                              w->rq->lww, &m);
+        if (w->rc == 0) {
+            kv_buf_release(&w->acc);
+            w->acc = m;
+        } else {
+            kv_buf_release(&m);
+        }
+    }
+}
+
+static void start_merge(req *rq);
+
+static void merge_done(void *arg, int status) {
+    mwork *w = arg;
+    req *rq = w->rq;
+    int rc = status ? KV_ECLOSED : w->rc;
+    rq->merging = false;
+    if (rc)
+        kv_warn(MOD, "get of '%.*s': merging replicas' objects: %s",
+                (int)KV_MIN(rq->key.len, 200), (const char *)rq->key.ptr,
+                kv_strerror(rc));
+    kv_buf_release(&rq->obj);
+    rq->obj = w->acc;
+    rq->have_obj = rq->obj.len > 0;
+    while (w->list) {
+        pend *p = w->list;
+        w->list = p->next;
+        rq->inflight--;
+        req_count(rq, p->rc ? p->rc : rc);
+        kv_buf_release(&p->obj);
+        kv_free(p);
+    }
+    kv_free(w);
+    if (rq->pending) start_merge(rq);
+    req_maybe_free(rq);
+}
+
+/* Merge rq's object and its pending replies on the pool. */
+static void start_merge(req *rq) {
+    mwork *w = kv_calloc(1, sizeof *w);
+    if (w) {
+        w->rq = rq;
+        w->acc = rq->obj;
+        w->list = rq->pending;
+        kv_buf_init(&rq->obj);
+        rq->pending = rq->pending_tail = NULL;
+        rq->merging = true;
+        if (rep__work(rq->node, merge_run, merge_done, w) == 0) return;
+        /* No pool: merge here after all. */
+        rq->merging = false;
+        rq->obj = w->acc;
+        rq->pending = w->list;
+        kv_free(w);
+    }
+    while (rq->pending) {
+        pend *p = rq->pending;
+        rq->pending = p->next;
+        rq->inflight--;
+        req_count(rq, p->rc ? p->rc : take_object(rq, kv_buf_slice(&p->obj)));
+        kv_buf_release(&p->obj);
+        kv_free(p);
+    }
+    rq->pending_tail = NULL;
+}
+
+/* A replica's answer to a get: rc, and its object when rc is 0. */
+static void got_reply(req *rq, int rc, kv_slice obj) {
+    bool good = rc == 0 || rc == KV_ENOTFOUND;
+    bool big =
+        rc == 0 && (obj.len > MERGE_ON_LOOP || rq->obj.len > MERGE_ON_LOOP);
+    if (rq->done || !good || (!rq->merging && !big)) {
+        if (rc == 0 && !rq->done) rc = take_object(rq, obj);
+        req_count(rq, rc);
+        return;
+    }
+    pend *p = kv_calloc(1, sizeof *p);
+    if (!p || (rc == 0 && kv_buf_set(&p->obj, obj.ptr, obj.len))) {
+        kv_free(p);
+        req_count(rq, -ENOMEM);
+        return;
+    }
+    p->rc = rc;
+    *(rq->pending ? &rq->pending_tail->next : &rq->pending) = p;
+    rq->pending_tail = p;
+    rq->inflight++;
+    if (!rq->merging) start_merge(rq);
+}
+
 static void local_get_run(void *arg) {
     lwork *w = arg;
     req *rq = w->rq;
@@ -179,20 +299,17 @@ static void local_get_done(void *arg, int status) {
     lwork *w = arg;
     req *rq = w->rq;
     rq->inflight--;
-    int rc = status ? KV_ECLOSED : w->rc;
-    if (rc == 0 && !rq->done) rc = take_object(rq, kv_buf_slice(&w->out));
+    got_reply(rq, status ? KV_ECLOSED : w->rc, kv_buf_slice(&w->out));
     kv_buf_release(&w->out);
     kv_free(w);
-    req_count(rq, rc);
     req_maybe_free(rq);
 }
 
 static void on_rget(void *arg, int status, const rep_msg *reply) {
     req *rq = arg;
     rq->inflight--;
-    int rc = status ? status : reply->status;
-    if (rc == 0 && !rq->done) rc = take_object(rq, reply->value);
-    req_count(rq, rc);
+    got_reply(rq, status ? status : reply->status,
+              status ? kv_slice_make("", 0) : reply->value);
     req_maybe_free(rq);
 }
 
@@ -370,8 +487,10 @@ static bool all_tombstones(kv_slice obj) {
 
 static void reap_later(req *rq) {
     rep_node *n = rq->node;
+    /* A delete with N below n_val leaves copies it never reached: keep its
+     * tombstone (purging it could bring those copies back). */
     if (n->stopping || n->nreaps >= MAX_REAPS || !rq->obj.len ||
-        !all_tombstones(kv_buf_slice(&rq->obj)))
+        rq->n != n->opt.n_val || !all_tombstones(kv_buf_slice(&rq->obj)))
         return;
     reap *r = kv_calloc(1, sizeof *r);
     if (!r) return;
@@ -510,7 +629,10 @@ static void local_call(req *rq, void (*fn)(void *), void (*done)(void *, int)) {
 
 void rep__coord_start(conn *c, const rep_msg *m) {
     rep_node *n = c->node;
-    uint8_t nrep = m->n ? m->n : 3, r = m->r ? m->r : 2, w = m->w ? m->w : 2;
+    /* Defaults: N = n_val, R and W a majority of N. */
+    uint8_t nrep = m->n ? m->n : n->opt.n_val;
+    uint8_t r = m->r ? m->r : (uint8_t)(nrep / 2 + 1);
+    uint8_t w = m->w ? m->w : (uint8_t)(nrep / 2 + 1);
     if (nrep > n->opt.n_val || r > nrep || w > nrep || m->key.len == 0) {
         reply_now(c, m, -EINVAL);
         return;

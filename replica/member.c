@@ -208,6 +208,13 @@ int rep__member_open(rep_node *n) {
         kv_error(MOD, "cannot read '%s': %s", path, kv_strerror(rc));
     }
     kv_buf_release(&b);
+    if (rc == 0 && !ring_cluster_ring(n->state) && !n->nseeds) {
+        kv_error(MOD,
+                 "'%s' has not joined its cluster yet: start it with "
+                 "--join HOST:PORT",
+                 n->dir);
+        rc = -EINVAL;
+    }
     return rc;
 }
 
@@ -242,6 +249,21 @@ int rep__member_preflist(rep_node *n, uint64_t h, int want, kv_slice *names,
         (*next_count)++;
     }
     return got;
+}
+
+bool rep__member_owns(rep_node *n, uint64_t h) {
+    const ring *rings[2] = {ring_cluster_ring(n->state),
+                            ring_cluster_next(n->state)};
+    kv_slice self = kv_slice_str(n->name);
+    for (int k = 0; k < 2; k++) {
+        if (!rings[k]) continue;
+        uint32_t idx[REP_MAX_N];
+        int got =
+            ring_preflist(rings[k], h, KV_MIN(n->opt.n_val, REP_MAX_N), idx);
+        for (int i = 0; i < got; i++)
+            if (kv_slice_eq(ring_member(rings[k], idx[i]), self)) return true;
+    }
+    return false;
 }
 
 /* ---- gossip ---- */
@@ -288,24 +310,22 @@ static void gossip_round(rep_node *n) {
         gossip_to(n, kv_slice_str(name), kv_slice_str(seed));
         return;
     }
-    uint32_t cand[64], nc = 0;
-    for (uint32_t i = 0; i < ring_cluster_members(s) && nc < 64; i++) {
+    /* One member at random among all (reservoir sampling), preferring one
+     * the failure detector sees up; a down one is picked only when no
+     * member is up, so a member coming back is noticed. */
+    uint32_t pick_up = UINT32_MAX, pick_any = UINT32_MAX, nup = 0, nany = 0;
+    for (uint32_t i = 0; i < ring_cluster_members(s); i++) {
         ring_member_info m = ring_cluster_member(s, i);
         if (m.status == RING_REMOVED || m.addr.len == 0 ||
             kv_slice_eq(m.name, kv_slice_str(n->name)))
             continue;
-        cand[nc++] = i;
+        if (rnd(n) % ++nany == 0) pick_any = i;
+        if (rep__peer_up(n, m.name) && rnd(n) % ++nup == 0) pick_up = i;
     }
-    if (nc == 0) return;
-    /* Up members first; a down one now and then, to notice it is back. */
-    for (int tries = 0; tries < 4; tries++) {
-        ring_member_info m =
-            ring_cluster_member(s, cand[rnd(n) % (uint64_t)nc]);
-        if (rep__peer_up(n, m.name) || tries == 3) {
-            gossip_to(n, m.name, m.addr);
-            return;
-        }
-    }
+    uint32_t pick = pick_up != UINT32_MAX ? pick_up : pick_any;
+    if (pick == UINT32_MAX) return;
+    ring_member_info m = ring_cluster_member(s, pick);
+    gossip_to(n, m.name, m.addr);
 }
 
 void rep__member_gossip_in(conn *c, const rep_msg *m) {
@@ -543,7 +563,8 @@ static void scan_done(void *arg, int status) {
            kv_get_lenslice(&rd, REP_MAX_VALUE, &obj) == 0) {
         for (int t = 0; t < mv->ntargets; t++) {
             rep_msg m = {.type = REP_RPUT,
-                         .flags = REP_PUT_SYNC,
+                         .flags = REP_PUT_SYNC |
+                                  (rep__bucket_lww(n, key) ? REP_PUT_LWW : 0),
                          .key = key,
                          .value = obj};
             mv->inflight++;
@@ -599,6 +620,14 @@ static void move_tick(rep_node *n) {
         kv_buf_init(&mv->batch);
         n->mover = mv;
         kv_info(MOD, "'%s': moving data for ring version %" PRIu64, n->name, v);
+        /* The new owners refuse objects of a ring they have not heard of
+         * (KV_ESTALE): tell every member now rather than wait for gossip. */
+        for (uint32_t i = 0; i < ring_cluster_members(n->state); i++) {
+            ring_member_info m = ring_cluster_member(n->state, i);
+            if (m.status != RING_REMOVED && m.addr.len &&
+                !kv_slice_eq(m.name, kv_slice_str(n->name)))
+                gossip_to(n, m.name, m.addr);
+        }
     }
     if (!mv->busy && uv_now(&n->loop) >= mv->retry_at) move_step(mv);
 }

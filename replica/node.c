@@ -228,6 +228,15 @@ static void replica_done(void *arg, int status) {
 }
 
 static void serve_replica(conn *c, const rep_msg *m) {
+    /* A coordinator whose ring is older than ours may ask a member that no
+     * longer owns the key (and may have dropped it): its not-found would
+     * count as a good read, its write as a durable copy. Refuse instead;
+     * the coordinator counts a failure and learns the ring by gossip. */
+    if (!rep__member_owns(c->node, ring_hash(m->key))) {
+        rep_msg e = {.type = m->type + 1, .id = m->id, .status = KV_ESTALE};
+        rep__conn_send(c, &e);
+        return;
+    }
     rwork *w = kv_calloc(1, sizeof *w);
     if (!w) {
         rep_msg e = {.type = m->type + 1, .id = m->id, .status = -ENOMEM};

@@ -148,6 +148,9 @@ void rep__member_stop(rep_node *n);
 void rep__member_gossip_in(conn *c, const rep_msg *m);
 void rep__member_leave_in(conn *c, const rep_msg *m);
 void rep__member_bucket_in(conn *c, const rep_msg *m);
+/* Whether this node owns hash h (one of the first n_val of its preference
+ * list) under the serving ring or, during a move, the next one. */
+bool rep__member_owns(rep_node *n, uint64_t h);
 /* Whether key's bucket (the part before its first '/') is LWW. */
 bool rep__bucket_lww(rep_node *n, kv_slice key);
 /* The members holding hash h now (serving ring), and in *next those that

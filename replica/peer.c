@@ -54,6 +54,8 @@ struct peer {
     uint64_t last_heard; /* uv_now, ms */
     uint64_t last_try;   /* last connect attempt */
     int last_error;      /* why the last connection failed */
+    int refused;         /* the member's own reason (an error frame) */
+    size_t queued;       /* bytes of calls waiting for the connection */
 };
 
 static peer *find_peer(rep_node *n, kv_slice name) {
@@ -130,7 +132,9 @@ static void on_peer_closed(uv_handle_t *h) {
     rep_parser_release(&p->parser);
     p->state = P_IDLE;
     if (p->node->stopping && p->npending == 0) return;
-    /* Calls made while it closed wait for a new connection. */
+    /* Calls cannot be made while it closes (rep__peer_call refuses them),
+     * but fail any left so that none waits for a connection that is
+     * gone. */
     if (p->npending) {
         int rc = p->last_error ? p->last_error : KV_ECLOSED;
         fail_all(p, rc);
@@ -184,7 +188,23 @@ static int peer_write(peer *p, kv_buf *bytes) {
 static int on_peer_frame(void *arg, const rep_msg *m) {
     peer *p = arg;
     p->last_heard = uv_now(&p->node->loop);
+    if (m->type == REP_ERROR) {
+        /* The member refuses the connection (a version it does not speak,
+         * or it is stopping): its reason fails the calls. */
+        kv_warn(MOD, "'%s' refused: %s (%.*s)", p->name, kv_strerror(m->status),
+                (int)KV_MIN(m->text.len, 200), (const char *)m->text.ptr);
+        p->refused = m->status < -4095 || (m->status < 0 && m->status > -4096)
+                         ? m->status
+                         : KV_EPROTO;
+        return p->refused;
+    }
     if (p->state == P_CONNECTING) {
+        if (m->type == REP_HELLO && m->u64 != REP_PROTO_VERSION) {
+            kv_warn(MOD, "'%s' (%s) speaks protocol version %llu", p->name,
+                    p->addr, (unsigned long long)m->u64);
+            p->refused = KV_EVERSION;
+            return KV_EVERSION;
+        }
         if (m->type != REP_HELLO || m->id != p->hello_id) {
             kv_warn(MOD, "'%s' (%s) answered hello with %s", p->name, p->addr,
                     rep_msg_type_name(m->type));
@@ -199,6 +219,7 @@ static int on_peer_frame(void *arg, const rep_msg *m) {
         uv_timer_stop(&p->timer);
         rep_parser_set_limit(&p->parser, REP_MAX_PAYLOAD);
         p->state = P_READY;
+        p->queued = 0;
         /* Send what waited for the connection. */
         for (int b = 0; b < BUCKETS; b++)
             for (call *c = p->pending[b]; c; c = c->next)
@@ -207,11 +228,6 @@ static int on_peer_frame(void *arg, const rep_msg *m) {
                     if (rc) return rc;
                 }
         return 0;
-    }
-    if (m->type == REP_ERROR) {
-        kv_warn(MOD, "'%s' refused: %s (%.*s)", p->name, kv_strerror(m->status),
-                (int)KV_MIN(m->text.len, 200), (const char *)m->text.ptr);
-        return m->status ? m->status : KV_EPROTO;
     }
     call *c = take_call(p, m->id);
     if (!c) return 0; /* a call already failed by the stuck check */
@@ -232,7 +248,7 @@ static void on_peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         rep_parser_feed(&p->parser, b->base, (size_t)nread, on_peer_frame, p);
     if (rc && p->state != P_CLOSING) {
         const char *why = rep_parser_why(&p->parser);
-        peer_drop(p, rc == KV_EVERSION ? rc : KV_EPROTO,
+        peer_drop(p, p->refused ? p->refused : KV_EPROTO,
                   *why ? why : kv_strerror(rc));
     }
 }
@@ -277,6 +293,8 @@ static int peer_connect(peer *p) {
     p->handles = 2;
     p->state = P_CONNECTING;
     p->last_error = 0;
+    p->refused = 0;
+    p->queued = 0;
     p->hello_id = ++n->next_call_id;
     rep_parser_init(&p->parser, REP_HELLO_MAX_PAYLOAD);
     uv_timer_start(&p->timer, on_connect_timeout, CONNECT_MS, 0);
@@ -308,7 +326,8 @@ int rep__peer_call(rep_node *n, kv_slice name, kv_slice addr, rep_msg *m,
     if (p->state == P_IDLE && uv_now(&n->loop) - p->last_try < RECONNECT_MS &&
         p->last_error)
         return p->last_error;
-    if (p->state == P_READY && p->tcp.write_queue_size > MAX_QUEUED)
+    if ((p->state == P_READY && p->tcp.write_queue_size > MAX_QUEUED) ||
+        (p->state == P_CONNECTING && p->queued > MAX_QUEUED))
         return KV_EBUSY;
     call *c = kv_calloc(1, sizeof *c);
     if (!c) return -ENOMEM;
@@ -330,6 +349,7 @@ int rep__peer_call(rep_node *n, kv_slice name, kv_slice addr, rep_msg *m,
         free_call(c);
         return rc;
     }
+    if (p->state == P_CONNECTING) p->queued += c->frame.len;
     c->next = p->pending[c->id % BUCKETS];
     p->pending[c->id % BUCKETS] = c;
     p->npending++;

@@ -35,6 +35,7 @@ Test(error, every_project_code_has_its_own_name) {
         {KV_EVERSION, "unsupported format version"},
         {KV_ECLOSED, "closed"},
         {KV_EBUSY, "busy"},
+        {KV_ESTALE, "not an owner under the current ring"},
     };
     for (size_t i = 0; i < KV_ARRAY_LEN(codes); i++) {
         cr_assert_str_eq(kv_strerror(codes[i].rc), codes[i].name, "code %d",

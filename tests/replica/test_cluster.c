@@ -14,6 +14,7 @@
 #include "engine/engine.h"
 #include "replica/client.h"
 #include "replica/dvv.h"
+#include "replica/proto.h"
 #include "replica/store.h"
 #include "ring/ring.h"
 #include "tests/testutil.h"
@@ -585,4 +586,38 @@ Test(cluster, tombstones_purged_only_when_every_replica_has_them) {
         for (int k = 10; k < 30; k++)
             cr_assert(ks.has[k], "n%d lost key %d (or its tombstone)", i, k);
     }
+}
+
+/* A member asked for a key it does not own (by a coordinator whose ring
+ * is out of date, say) refuses with KV_ESTALE instead of answering
+ * "not found", which a coordinator would count as a good read. */
+Test(cluster, a_member_refuses_keys_it_does_not_own) {
+    start_cluster(4);
+    ring_cluster *s = state_of(0);
+    const ring *r = ring_cluster_ring(s);
+    char key[32];
+    int k = 0, owned_by_n3 = -1, not_by_n3 = -1;
+    for (; k < 1000 && (owned_by_n3 < 0 || not_by_n3 < 0); k++) {
+        key_name(key, k);
+        uint32_t own[3];
+        ring_preflist(r, ring_hash(kv_slice_str(key)), 3, own);
+        bool n3 = false;
+        for (int j = 0; j < 3; j++)
+            n3 |= kv_slice_eq(ring_member(r, own[j]), kv_slice_str("n3"));
+        *(n3 ? &owned_by_n3 : &not_by_n3) = k;
+    }
+    ring_cluster_unref(s);
+    cr_assert(owned_by_n3 >= 0 && not_by_n3 >= 0);
+    rep_client *c = connect_to(3);
+    const rep_msg *reply;
+    key_name(key, not_by_n3);
+    rep_msg g = {.type = REP_RGET, .key = kv_slice_str(key)};
+    OK(rep_client_call(c, &g, &reply));
+    cr_assert_eq(reply->type, REP_RGET_REPLY);
+    EXPECT_RC(reply->status, KV_ESTALE);
+    key_name(key, owned_by_n3);
+    rep_msg g2 = {.type = REP_RGET, .key = kv_slice_str(key)};
+    OK(rep_client_call(c, &g2, &reply));
+    EXPECT_RC(reply->status, KV_ENOTFOUND);
+    rep_client_close(c);
 }
