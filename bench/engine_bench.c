@@ -81,6 +81,7 @@ typedef struct cfg {
     size_t cache_mb, memtable_mb;
     int bloom_bits;
     bool zstd;
+    bool pread;      /* quorumfs: mmap_reads off */
     double duration; /* seconds per run, 0: no cap */
     size_t wa_memtable_mb, wa_mb, wa_live_mb;
     uint64_t seed;
@@ -92,6 +93,7 @@ typedef struct store_opts {
     int bloom_bits;
     bool zstd;
     bool tiered; /* quorumfs ENG_COMPACT_TIERED, rocksdb universal */
+    bool pread;  /* quorumfs only: mmap_reads off */
 } store_opts;
 
 /* Per-thread scratch an adapter may use for reads. */
@@ -328,6 +330,7 @@ static int q_open(const char *dir, const store_opts *o, void **out) {
     opt.cache_bytes = o->cache_bytes;
     opt.bloom_bits_per_key = o->bloom_bits;
     opt.compression_level = o->zstd ? 1 : 0;
+    opt.mmap_reads = !o->pread;
     int rc = eng_db_open(dir, &opt, &db);
     if (rc < 0) {
         fprintf(stderr, "quorumfs: cannot open '%s': %s\n", dir,
@@ -1327,6 +1330,7 @@ static void store_setup(store *st, const cfg *c, const adapter *ad, int vs,
     st->o.cache_bytes = c->cache_mb << 20;
     st->o.bloom_bits = c->bloom_bits;
     st->o.zstd = c->zstd;
+    st->o.pread = c->pread;
     int n = snprintf(st->path, sizeof(st->path), "%s/%s-v%d-%s", c->dir,
                      ad->name, vs, tag);
     KV_ASSERT(n > 0 && (size_t)n < sizeof(st->path)); /* --dir is bounded */
@@ -1476,6 +1480,7 @@ static void usage(FILE *f) {
         "  --memtable-mb N      write buffer, every engine (default 32)\n"
         "  --bloom-bits N       bloom bits per key, every engine (default 10)\n"
         "  --compression C      none or zstd (default none)\n"
+        "  --quorumfs-pread     quorumfs reads tables with pread, not mmap\n"
         "  --duration S         cap each run at S seconds, 0: none (default "
         "60)\n"
         "  --writeamp-memtable-mb N  memtable for writeamp (default 4)\n"
@@ -1526,12 +1531,15 @@ static int parse_args(int argc, char **argv, cfg *c) {
             usage(stdout);
             exit(0);
         }
-        if (!strcmp(name, "--keep") || !strcmp(name, "--json")) {
+        if (!strcmp(name, "--keep") || !strcmp(name, "--json") ||
+            !strcmp(name, "--quorumfs-pread")) {
             if (v) goto bad;
             if (!strcmp(name, "--keep"))
                 c->keep = true;
-            else
+            else if (!strcmp(name, "--json"))
                 c->json = true;
+            else
+                c->pread = true;
             continue;
         }
         if (!v) {
@@ -1654,8 +1662,10 @@ static void print_header(const cfg *c, FILE *f) {
             c->memtable_mb, c->cache_mb, c->bloom_bits,
             c->zstd ? "zstd level 1 (leveldb: snappy, it has no zstd)"
                     : "none");
-    fprintf(f, "  quorumfs: leveled (writeamp: also tiered), sync none, "
-               "durable puts ENG_WF_SYNC_GROUP\n");
+    fprintf(f,
+            "  quorumfs: leveled (writeamp: also tiered), sync none, "
+            "durable puts ENG_WF_SYNC_GROUP, tables read with %s\n",
+            c->pread ? "pread" : "mmap");
     fprintf(f, "  leveldb: sync=0, durable sync=1, other options default\n");
     fprintf(f,
             "  rocksdb: level compaction (writeamp: also universal), "

@@ -17,6 +17,13 @@
  * Pinned entries are never evicted, so when a shard's entries are all in use
  * its usage may exceed its share; releasing a handle trims the shard back,
  * which keeps usage <= capacity whenever no handle is outstanding.
+ *
+ * Reservations charge the cache for memory that lives outside it (the index
+ * and filter blocks an open table holds): the reserved bytes are taken from
+ * every shard's share in equal parts, so a reservation evicts entries of all
+ * shards, and usage + reserved <= capacity whenever no handle is out and
+ * reserved <= capacity. Reserved bytes are never evicted; their owner gives
+ * them back.
  */
 #include "engine/engine_int.h"
 
@@ -49,6 +56,8 @@ typedef struct shard {
 
 struct eng_cache {
     shard shards[NSHARDS];
+    size_t capacity;
+    _Atomic size_t reserved; /* eng__cache_reserve'd, not yet given back */
 };
 
 static uint64_t key_hash(uint64_t file, uint64_t off) {
@@ -122,9 +131,20 @@ static void unlink_entry(shard *s, eng_cache_handle **slot,
     }
 }
 
-/* Evict the least recently used unpinned entries until the shard fits. */
-static void evict(shard *s, eng_cache_handle **dead) {
-    while (s->usage > s->capacity && s->lru.next != &s->lru) {
+/* Shard i's part of the reserved bytes: equal parts, the remainder going
+ * to the first shards, so the parts add up to exactly what is reserved. */
+static size_t reserved_part(eng_cache *c, const shard *s) {
+    size_t r = atomic_load_explicit(&c->reserved, memory_order_relaxed);
+    size_t i = (size_t)(s - c->shards);
+    return r / NSHARDS + (i < r % NSHARDS ? 1 : 0);
+}
+
+/* Evict the least recently used unpinned entries until the shard fits in
+ * its share less its part of the reservations. */
+static void evict(eng_cache *c, shard *s, eng_cache_handle **dead) {
+    size_t part = reserved_part(c, s);
+    size_t room = s->capacity > part ? s->capacity - part : 0;
+    while (s->usage > room && s->lru.next != &s->lru) {
         eng_cache_handle *e = s->lru.next;
         eng_cache_handle **slot = find(s, e->hash, e->file, e->off);
         KV_ASSERT(*slot == e);
@@ -192,6 +212,7 @@ int eng__cache_new(size_t capacity, eng_cache **out) {
             capacity / NSHARDS + ((size_t)ninit < capacity % NSHARDS ? 1 : 0);
         s->lru.next = s->lru.prev = &s->lru;
     }
+    c->capacity = capacity;
     *out = c;
     c = NULL;
 out:
@@ -204,6 +225,8 @@ out:
 
 void eng__cache_free(eng_cache *c) {
     if (!c) return;
+    /* A reservation still held would be given back to freed memory. */
+    KV_ASSERT(atomic_load(&c->reserved) == 0);
     for (int i = 0; i < NSHARDS; i++) shard_destroy(&c->shards[i]);
     kv_free(c);
 }
@@ -253,7 +276,7 @@ eng_cache_handle *eng__cache_insert(eng_cache *c, uint64_t file, uint64_t off,
     s->usage += charge;
     s->pinned++;
     if (s->count > s->nbuckets) grow(s);
-    evict(s, &dead);
+    evict(c, s, &dead);
     pthread_mutex_unlock(&s->mu);
     free_list(dead);
     return e;
@@ -275,7 +298,7 @@ void eng__cache_release(eng_cache *c, eng_cache_handle *h) {
             lru_append(s, h);
             /* The shard may have grown past its share while everything
              * was pinned; shrink it now that something can go. */
-            evict(s, &dead);
+            evict(c, s, &dead);
         } else {
             dead = h;
         }
@@ -304,7 +327,7 @@ void eng__cache_erase_file(eng_cache *c, uint64_t file) {
 }
 
 size_t eng__cache_usage(eng_cache *c) {
-    size_t total = 0;
+    size_t total = atomic_load(&c->reserved);
     for (int i = 0; i < NSHARDS; i++) {
         shard *s = &c->shards[i];
         pthread_mutex_lock(&s->mu);
@@ -312,4 +335,32 @@ size_t eng__cache_usage(eng_cache *c) {
         pthread_mutex_unlock(&s->mu);
     }
     return total;
+}
+
+size_t eng__cache_capacity(const eng_cache *c) {
+    return c->capacity;
+}
+
+void eng__cache_reserve(eng_cache *c, size_t bytes) {
+    if (bytes == 0) return;
+    atomic_fetch_add(&c->reserved, bytes);
+    /* Make room now rather than at the shards' next inserts: the memory
+     * the reservation stands for is already allocated. */
+    for (int i = 0; i < NSHARDS; i++) {
+        shard *s = &c->shards[i];
+        eng_cache_handle *dead = NULL;
+        pthread_mutex_lock(&s->mu);
+        evict(c, s, &dead);
+        pthread_mutex_unlock(&s->mu);
+        free_list(dead);
+    }
+}
+
+void eng__cache_unreserve(eng_cache *c, size_t bytes) {
+    size_t was = atomic_fetch_sub(&c->reserved, bytes);
+    KV_ASSERT(was >= bytes);
+}
+
+size_t eng__cache_reserved(eng_cache *c) {
+    return atomic_load(&c->reserved);
 }

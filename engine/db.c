@@ -435,7 +435,9 @@ int eng_db_open(const char *dir, const eng_options *opt, eng_db **out) {
     pthread_mutex_init(&db->mu, NULL);
     pthread_mutex_init(&db->manifest_mu, NULL);
     pthread_mutex_init(&db->compact_mu, NULL);
-    eng__tcache_init(&db->tcache, opt->max_open_tables);
+    /* Index and filter blocks charged to the block cache may fill it, not
+     * more: beyond that the least recently used tables are closed. */
+    eng__tcache_init(&db->tcache, opt->max_open_tables, opt->cache_bytes);
     pthread_cond_init(&db->bg_cv, NULL);
     pthread_cond_init(&db->work_cv, NULL);
     int rc = -ENOMEM;
@@ -1066,8 +1068,13 @@ int eng_db_stats(eng_db *db, eng_stats *s) {
     s->bg_error = db->bg_error;
     pthread_mutex_unlock(&db->mu);
     s->cache_bytes = eng__cache_usage(db->cache);
-    /* Only open tables hold index and filter blocks in memory. */
-    s->table_meta_bytes = eng__tcache_meta_bytes(&db->tcache);
+    /* Only open tables hold index and filter blocks in memory; those of
+     * tables read with pread are charged to the cache (cache_bytes holds
+     * them), the rest of an open table's memory is outside it. */
+    uint64_t meta, charged;
+    eng__tcache_bytes(&db->tcache, &meta, &charged);
+    s->index_filter_bytes = charged;
+    s->table_meta_bytes = meta - charged;
     s->mem_bytes = s->memtable_bytes + s->cache_bytes + s->table_meta_bytes;
     return 0;
 }
@@ -1109,10 +1116,11 @@ int eng_db_stats_format(eng_db *db, kv_buf *out) {
                 : 0.0);
     EMIT("compaction debt    %.1f MiB\n",
          (double)s.compaction_debt_bytes / 1048576.0);
-    EMIT("memory             %.1f MiB (memtables %.1f, cache %.1f, table "
-         "meta %.1f)\n",
+    EMIT("memory             %.1f MiB (memtables %.1f, cache %.1f of which "
+         "index/filter %.1f, open tables %.1f)\n",
          (double)s.mem_bytes / 1048576.0, (double)s.memtable_bytes / 1048576.0,
          (double)s.cache_bytes / 1048576.0,
+         (double)s.index_filter_bytes / 1048576.0,
          (double)s.table_meta_bytes / 1048576.0);
     EMIT("flushes %llu, compactions %llu, wal syncs %llu, wals reused %llu, "
          "stalled %.3f s, slowed %.3f s\n",

@@ -101,18 +101,21 @@ int eng__fmeta_from_props(eng_fmeta *f, uint64_t number,
                           const eng_table_props *p);
 
 /* ---- table cache (tcache.c) ------------------------------------------------
- * At most capacity tables open per store, least recently used closed first;
- * a pinned table is never closed, so the count may exceed capacity while
- * more than capacity tables are pinned at once. */
+ * At most capacity tables open per store, and at most max_charged bytes of
+ * index and filter blocks charged by them to the block cache; least
+ * recently used closed first. A pinned table is never closed, so the bounds
+ * may be exceeded while the pinned tables alone exceed them. */
 typedef struct eng_tcache {
     pthread_mutex_t mu;
     int capacity;         /* max_open_tables */
+    uint64_t max_charged; /* the block cache's capacity */
     int nopen;            /* [tc] tables open, pinned or not */
     uint64_t meta_bytes;  /* [tc] eng__table_mem of the open tables */
+    uint64_t charged;     /* [tc] eng__table_charge of the open tables */
     eng_fmeta *lru, *mru; /* [tc] ends of the list of open tables */
 } eng_tcache;
 
-void eng__tcache_init(eng_tcache *tc, int capacity);
+void eng__tcache_init(eng_tcache *tc, int capacity, uint64_t max_charged);
 /* At db close, after the last file was freed (a table still open then
  * means a leaked reference: it is closed with a warning). */
 void eng__tcache_release(eng_tcache *tc);
@@ -124,7 +127,8 @@ int eng__table_acquire(eng_db *db, eng_fmeta *f, eng_table **out);
 void eng__table_release(eng_db *db, eng_fmeta *f);
 /* f is being freed (last reference): close its table. Not pinned. */
 void eng__tcache_forget(eng_fmeta *f);
-uint64_t eng__tcache_meta_bytes(eng_tcache *tc); /* of the open tables */
+/* eng__table_mem and eng__table_charge summed over the open tables. */
+void eng__tcache_bytes(eng_tcache *tc, uint64_t *meta, uint64_t *charged);
 
 /* ---- the store -------------------------------------------------------------
  */

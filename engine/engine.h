@@ -152,10 +152,15 @@ typedef struct eng_stats {
     uint64_t bloom_false_positive; /* passed the filter, key absent */
     uint64_t bloom_true_positive;
     uint64_t compaction_debt_bytes;
-    uint64_t mem_bytes;        /* memtables + cache + table indexes/filters */
-    uint64_t memtable_bytes;   /* active + immutable */
-    uint64_t cache_bytes;      /* block cache in use */
-    uint64_t table_meta_bytes; /* pinned index and filter blocks */
+    uint64_t mem_bytes;          /* memtable + cache + table_meta bytes */
+    uint64_t memtable_bytes;     /* active + immutable */
+    uint64_t cache_bytes;        /* block cache in use (<= cache_bytes option
+                                  * unless pinned), index_filter_bytes included */
+    uint64_t index_filter_bytes; /* index and filter blocks of open tables
+                                  * read with pread, charged to the cache
+                                  * (mapped tables read theirs in place) */
+    uint64_t table_meta_bytes;   /* rest of the open tables' memory (readers,
+                                  * properties): bounded by max_open_tables */
     uint64_t live_table_bytes;
     uint64_t live_tables;
     int level_tables[ENG_MAX_LEVELS];

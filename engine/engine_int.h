@@ -215,7 +215,16 @@ void *eng__cache_value(eng_cache_handle *h);
 void eng__cache_release(eng_cache *c, eng_cache_handle *h);
 /* Drop every unused entry of a file (table deleted). */
 void eng__cache_erase_file(eng_cache *c, uint64_t file);
+/* Bytes in use: entries' charges plus reservations. */
 size_t eng__cache_usage(eng_cache *c);
+size_t eng__cache_capacity(const eng_cache *c);
+/* Charge the cache for bytes held outside it (an open table's index and
+ * filter blocks), evicting entries to make room; the caller gives exactly
+ * the same bytes back with eng__cache_unreserve. Reserved bytes count in
+ * usage and are never evicted. */
+void eng__cache_reserve(eng_cache *c, size_t bytes);
+void eng__cache_unreserve(eng_cache *c, size_t bytes);
+size_t eng__cache_reserved(eng_cache *c);
 
 /* ---- blocks (block.c) ------------------------------------------------------
  * Sorted entries with prefix-compressed keys and restart points. */
@@ -262,7 +271,9 @@ eng_iiter *eng__block_iter(const eng_block *b, eng_cmp_fn cmp,
 
 /* ---- tables (table.c) ------------------------------------------------------
  * Builder writes a whole table and fsyncs it; reader keeps the index and
- * filter blocks in memory and reads data blocks through the block cache. */
+ * filter blocks in memory (views of the mapping when the table is mapped,
+ * else copies charged to the block cache while the table is open) and reads
+ * data blocks through the block cache. */
 typedef struct eng_table_opts {
     size_t block_bytes;
     int restart_interval;
@@ -312,6 +323,11 @@ int eng__table_get(eng_table *t, kv_slice ukey, uint64_t snap_seq, int *type,
 /* Iterator over all entries; the table must outlive it. fill_cache false for
  * compaction reads (do not evict hot blocks). NULL on -ENOMEM. */
 eng_iiter *eng__table_iter(eng_table *t, bool fill_cache);
-size_t eng__table_mem(const eng_table *t); /* pinned index + filter bytes */
+/* Heap bytes the open table holds: the reader, its properties, and its
+ * index and filter blocks unless they are views of the mapping. */
+size_t eng__table_mem(const eng_table *t);
+/* Of those, the index and filter bytes reserved in the block cache (0 when
+ * mapped or opened without a cache); given back by eng__table_close. */
+size_t eng__table_charge(const eng_table *t);
 
 #endif

@@ -1,19 +1,22 @@
 /*
  * Table cache: bounds the tables a store keeps open (each holds a file
- * descriptor and its index and filter blocks in memory) to
- * eng_options.max_open_tables, closing the least recently used first. A
- * table is opened on first use and opened again after an eviction; its data
- * blocks stay in the block cache meanwhile (keyed by file number).
+ * descriptor and its index and filter blocks) to eng_options.max_open_tables,
+ * and the index and filter bytes they charge to the block cache (tables read
+ * with pread; a mapped table charges nothing) to the block cache's capacity,
+ * closing the least recently used first. A table is opened on first use and
+ * opened again after an eviction; its data blocks stay in the block cache
+ * meanwhile (keyed by file number).
  *
  * Invariants, all under tc->mu:
  * - f->table != NULL exactly when f is on the LRU list; nopen counts those
- *   fmetas and meta_bytes sums eng__table_mem of their tables.
+ *   fmetas, meta_bytes sums eng__table_mem of their tables and charged
+ *   eng__table_charge.
  * - f->pins > 0 implies f->table != NULL: a pinned table is never closed. A
  *   pin holds no reference on f; the pinner holds one (through a version or
  *   a compaction's inputs) for as long as it holds the pin.
- * - nopen <= capacity, except while more than capacity tables are pinned at
- *   once; the surplus is closed as soon as its pins drop (every release and
- *   every open trims the cache).
+ * - nopen <= capacity and charged <= max_charged, except while the pinned
+ *   tables alone exceed them; the surplus is closed as soon as its pins drop
+ *   (every release and every open trims the cache).
  * - The lock is a leaf and no I/O runs under it: tables are opened and
  *   closed outside it, so a slow open never delays a reader of an open
  *   table. Two threads may open the same table at once; the later one to
@@ -21,10 +24,16 @@
  */
 #include "engine/db_int.h"
 
-void eng__tcache_init(eng_tcache *tc, int capacity) {
+void eng__tcache_init(eng_tcache *tc, int capacity, uint64_t max_charged) {
     memset(tc, 0, sizeof *tc);
     pthread_mutex_init(&tc->mu, NULL);
     tc->capacity = capacity;
+    tc->max_charged = max_charged;
+}
+
+/* More tables open, or more bytes charged, than the bounds allow. */
+static bool over(const eng_tcache *tc) {
+    return tc->nopen > tc->capacity || tc->charged > tc->max_charged;
 }
 
 /* ---- the LRU list (mu held) ---- */
@@ -64,13 +73,14 @@ static eng_table *detach(eng_tcache *tc, eng_fmeta *f) {
     f->table = NULL;
     tc->nopen--;
     tc->meta_bytes -= eng__table_mem(t);
+    tc->charged -= eng__table_charge(t);
     return t;
 }
 
-/* Over capacity: detach the least recently used unpinned table. NULL when
- * within capacity or when every open table is pinned. */
+/* Over a bound: detach the least recently used unpinned table. NULL when
+ * within the bounds or when every open table is pinned. */
 static eng_table *evict_one(eng_tcache *tc) {
-    if (tc->nopen <= tc->capacity) return NULL;
+    if (!over(tc)) return NULL;
     for (eng_fmeta *f = tc->lru; f; f = f->newer)
         if (f->pins == 0) return detach(tc, f);
     return NULL;
@@ -121,13 +131,14 @@ int eng__table_acquire(eng_db *db, eng_fmeta *f, eng_table **out) {
         push_mru(tc, f);
         tc->nopen++;
         tc->meta_bytes += eng__table_mem(t);
+        tc->charged += eng__table_charge(t);
     }
     f->pins++;
     *out = f->table;
-    bool over = tc->nopen > tc->capacity;
+    bool trim_now = over(tc);
     pthread_mutex_unlock(&tc->mu);
     eng__table_close(dup);
-    if (over) trim(tc);
+    if (trim_now) trim(tc);
     return 0;
 }
 
@@ -136,9 +147,9 @@ void eng__table_release(eng_db *db, eng_fmeta *f) {
     pthread_mutex_lock(&tc->mu);
     KV_ASSERT(f->tc == tc && f->pins > 0 && f->table);
     f->pins--;
-    bool over = f->pins == 0 && tc->nopen > tc->capacity;
+    bool trim_now = f->pins == 0 && over(tc);
     pthread_mutex_unlock(&tc->mu);
-    if (over) trim(tc);
+    if (trim_now) trim(tc);
 }
 
 void eng__tcache_forget(eng_fmeta *f) {
@@ -153,11 +164,11 @@ void eng__tcache_forget(eng_fmeta *f) {
     f->tc = NULL;
 }
 
-uint64_t eng__tcache_meta_bytes(eng_tcache *tc) {
+void eng__tcache_bytes(eng_tcache *tc, uint64_t *meta, uint64_t *charged) {
     pthread_mutex_lock(&tc->mu);
-    uint64_t n = tc->meta_bytes;
+    *meta = tc->meta_bytes;
+    *charged = tc->charged;
     pthread_mutex_unlock(&tc->mu);
-    return n;
 }
 
 void eng__tcache_release(eng_tcache *tc) {

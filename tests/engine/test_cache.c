@@ -1,8 +1,8 @@
 /*
  * Block cache tests: hits and misses, exact LRU eviction order within one
  * shard, the capacity bound, pinned entries, replacement, erase_file,
- * allocation failure and a multi-threaded stress run that checks every
- * deleter ran exactly once.
+ * reservations, allocation failure and a multi-threaded stress run that
+ * checks every deleter ran exactly once.
  */
 #include "engine/engine_int.h"
 
@@ -282,6 +282,63 @@ Test(cache, erase_file) {
     cr_assert_eq(eng__cache_usage(c), 300);
     eng__cache_free(c);
     cr_assert_eq(ndeleted, 600);
+}
+
+/* Reserved bytes (an open table's index and filter copies) count in the
+ * usage, push unpinned entries out of every shard, are never evicted
+ * themselves, and stop counting once given back. */
+Test(cache, reservations_evict_entries_and_count_until_given_back) {
+    const size_t cap = 16000;
+    eng_cache *c = mkcache(cap);
+    for (int i = 0; i < 1000; i++) put(c, 1, (uint64_t)i, i, 20);
+    size_t full = eng__cache_usage(c);
+    cr_assert_geq(full, cap - 16 * 20);
+    cr_assert_leq(full, cap);
+    int present = 0;
+    for (int i = 0; i < 1000; i++) present += get(c, 1, (uint64_t)i) >= 0;
+
+    /* Half the capacity: about half the entries go, from every shard. */
+    eng__cache_reserve(c, cap / 2);
+    cr_assert_eq(eng__cache_capacity(c), cap);
+    cr_assert_eq(eng__cache_reserved(c), cap / 2);
+    size_t usage = eng__cache_usage(c);
+    cr_assert_leq(usage, cap, "usage %zu", usage);
+    cr_assert_geq(usage, cap - 16 * 20);
+    int left = 0;
+    for (int i = 0; i < 1000; i++) left += get(c, 1, (uint64_t)i) >= 0;
+    cr_assert_eq((size_t)left * 20, usage - cap / 2);
+    cr_assert_lt(left, present * 6 / 10, "%d of %d entries left", left,
+                 present);
+    cr_assert_eq(ndeleted, 1000 - left);
+
+    /* New entries only get what the reservation leaves. */
+    for (int i = 0; i < 1000; i++) {
+        put(c, 2, (uint64_t)i, 10000 + i, 20);
+        cr_assert_leq(eng__cache_usage(c), cap, "insert %d", i);
+    }
+
+    /* Beyond the capacity nothing unpinned stays, and a pinned entry lives
+     * until it is released. */
+    eng__cache_reserve(c, cap);
+    cr_assert_eq(eng__cache_usage(c), cap / 2 + cap);
+    cr_assert_eq(ndeleted, 2000);
+    val *v = mkval(3, 0, 99999);
+    eng_cache_handle *h = eng__cache_insert(c, 3, 0, v, 20, del_logged);
+    cr_assert_not_null(h);
+    cr_assert_eq(get(c, 3, 0), 99999);
+    eng__cache_release(c, h);
+    cr_assert_eq(get(c, 3, 0), -1);
+    cr_assert_eq(ndeleted, 2001);
+
+    /* Given back, the room is there again. */
+    eng__cache_unreserve(c, cap);
+    eng__cache_unreserve(c, cap / 2);
+    cr_assert_eq(eng__cache_reserved(c), 0);
+    cr_assert_eq(eng__cache_usage(c), 0);
+    for (int i = 0; i < 100; i++) put(c, 4, (uint64_t)i, i, 20);
+    cr_assert_eq(eng__cache_usage(c), 2000);
+    eng__cache_free(c);
+    cr_assert_eq(ndeleted, 2101);
 }
 
 Test(cache, insert_allocation_failure_calls_deleter) {
