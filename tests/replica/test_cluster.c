@@ -621,3 +621,40 @@ Test(cluster, a_member_refuses_keys_it_does_not_own) {
     EXPECT_RC(reply->status, KV_ENOTFOUND);
     rep_client_close(c);
 }
+
+/* Objects too big to merge on the loop (over 256 KiB) are merged on the
+ * pool: a get of two concurrent 300 KiB writes returns both, whole. */
+Test(cluster, big_siblings_are_merged_whole) {
+    start_cluster(3);
+    rep_client *a = connect_to(0), *b = connect_to(1), *c = connect_to(2);
+    size_t len = 300u << 10;
+    char *va = kv_malloc(len), *vb = kv_malloc(len);
+    memset(va, 'a', len);
+    memset(vb, 'b', len);
+    rep_opts o = {.n = 3, .r = 3, .w = 3};
+    kv_slice key = kv_slice_str("big/one"), none = kv_slice_make("", 0);
+    OK(rep_client_put(a, key, none, kv_slice_make(va, len), &o));
+    OK(rep_client_put(b, key, none, kv_slice_make(vb, len), &o));
+    for (int round = 0; round < 5; round++) {
+        kv_buf obj = KV_BUF_INIT;
+        OK(rep_client_get(c, key, &o, &obj));
+        dvv_set *s;
+        OK(dvv_set_decode(kv_buf_slice(&obj), &s));
+        cr_assert_eq(dvv_set_siblings(s), 2);
+        for (size_t i = 0; i < 2; i++) {
+            kv_slice v = dvv_set_sibling(s, i).value.bytes;
+            cr_assert_eq(v.len, len);
+            cr_assert(kv_slice_eq(v, kv_slice_make(va, len)) ||
+                      kv_slice_eq(v, kv_slice_make(vb, len)));
+        }
+        cr_assert_neq(dvv_set_sibling(s, 0).value.bytes.ptr[0],
+                      dvv_set_sibling(s, 1).value.bytes.ptr[0]);
+        dvv_set_free(s);
+        kv_buf_release(&obj);
+    }
+    kv_free(va);
+    kv_free(vb);
+    rep_client_close(a);
+    rep_client_close(b);
+    rep_client_close(c);
+}
