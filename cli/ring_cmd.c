@@ -3,7 +3,7 @@
  * out of it.
  *
  *   quorumfs ring [--node HOST:PORT] [--ranges]
- *   quorumfs leave [--node HOST:PORT]
+ *   quorumfs leave [--node HOST:PORT] [--remove MEMBER]
  *   quorumfs bucket [--node HOST:PORT] NAME [--lww | --siblings]
  *
  * ring prints the state the node holds: the ring's version, every member
@@ -11,7 +11,8 @@
  * and as one of N replicas), the move in progress if any; --ranges adds
  * every run of partitions with one owner (partition numbers, hash range,
  * owner). leave asks the node to leave: it hands its data to the members
- * that take its partitions, then stops. bucket shows or sets how a
+ * that take its partitions, then stops; with --remove, a member that is
+ * down for good is removed on its behalf. bucket shows or sets how a
  * bucket (the part of a key before its first '/') resolves concurrent
  * writes: siblings (the default, vector clocks) or last writer wins.
  */
@@ -151,23 +152,44 @@ int cli_ring(int argc, char **argv) {
 }
 
 int cli_leave(int argc, char **argv) {
-    const char *node;
-    if (parse_node("leave", argc, argv, &node, NULL)) return 2;
+    const char *node = REP_DEFAULT_ADDRESS, *remove = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--node") && i + 1 < argc) {
+            node = argv[++i];
+        } else if (!strcmp(argv[i], "--remove") && i + 1 < argc) {
+            remove = argv[++i];
+        } else {
+            ERR("leave", "usage: quorumfs leave [--node HOST:PORT] "
+                         "[--remove MEMBER]\n");
+            return 2;
+        }
+    }
     rep_client *c;
     int rc = rep_client_connect(node, 10000, &c);
     if (rc) {
         ERR("leave", "cannot connect to '%s': %s\n", node, kv_strerror(rc));
         return 2;
     }
-    rc = rep_client_leave(c);
-    const char *name = rep_client_node(c);
+    const char *name = remove ? remove : rep_client_node(c);
+    rc = remove ? rep_client_remove(c, kv_slice_str(remove))
+                : rep_client_leave(c);
     if (rc == -EINVAL)
         ERR("leave",
             "'%s' cannot leave: it is the last member, or not yet "
             "in the ring\n",
             name);
+    else if (rc == -EBUSY)
+        ERR("leave",
+            "'%s' is up as far as '%s' can tell: ask it to leave "
+            "(quorumfs leave --node ITS-ADDRESS), or wait until it is "
+            "seen down\n",
+            name, rep_client_node(c));
     else if (rc)
         ERR("leave", "'%s': %s\n", name, kv_strerror(rc));
+    else if (remove)
+        printf("'%s' is being removed: its partitions go to the others, "
+               "which copy its data from the remaining replicas\n",
+               name);
     else
         printf("'%s' is leaving: it hands its data over, then stops "
                "(follow with: quorumfs ring)\n",

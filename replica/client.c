@@ -305,6 +305,14 @@ int rep_client_state(rep_client *c, kv_buf *out) {
     return kv_buf_set(out, c->reply.value.ptr, c->reply.value.len);
 }
 
+int rep_client_remove(rep_client *c, kv_slice member) {
+    rep_msg m = {.type = REP_LEAVE, .text = member, .flags = REP_LEAVE_FORCE};
+    int rc = call(c, &m, mono_ms() + c->timeout_ms);
+    if (rc) return rc;
+    if (c->reply.type != REP_LEAVE_REPLY) return break_with(c, KV_EPROTO);
+    return c->reply.status;
+}
+
 int rep_client_leave(rep_client *c) {
     rep_msg m = {.type = REP_LEAVE, .text = kv_slice_str(c->node)};
     int rc = call(c, &m, mono_ms() + c->timeout_ms);

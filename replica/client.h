@@ -65,6 +65,11 @@ int rep_client_state(rep_client *c, kv_buf *out);
 /* Ask the node to leave its cluster: it moves its data to the members that
  * take its partitions and then stops. -EINVAL if it is the last member. */
 int rep_client_leave(rep_client *c);
+/* Remove member, down for good, through the node c talks to: its
+ * partitions go to the others, who re-replicate from the copies that
+ * remain; a move no longer waits for it. -EBUSY if the node sees it up
+ * (ask it to leave instead), KV_ENOTFOUND if no such member. */
+int rep_client_remove(rep_client *c, kv_slice member);
 /* Set a bucket's settings cluster-wide (ring/ring.h: RING_BUCKET_LWW, or
  * 0 for siblings); the setting spreads by gossip. -EINVAL for a bad name
  * or flags. */

@@ -383,7 +383,19 @@ void rep__member_leave_in(conn *c, const rep_msg *m) {
     rep_node *n = c->node;
     int rc = 0;
     const ring *r = ring_cluster_ring(n->state);
-    if (m->text.len && !kv_slice_eq(m->text, kv_slice_str(n->name))) {
+    bool other = m->text.len && !kv_slice_eq(m->text, kv_slice_str(n->name));
+    if (other && (m->flags & REP_LEAVE_FORCE)) {
+        /* A member gone for good: removed on its behalf. */
+        ring_cluster *s;
+        rc = r && ring_members(r) > 1 && rep__peer_up(n, m->text)
+                 ? -EBUSY /* it is alive: ask it to leave itself */
+                 : ring_cluster_force_leave(n->state, m->text, &s);
+        if (rc == 0) {
+            kv_warn(MOD, "'%.*s' removed from the cluster on its behalf",
+                    (int)m->text.len, (const char *)m->text.ptr);
+            set_state(n, s);
+        }
+    } else if (other) {
         rc = -EINVAL; /* leave is asked of the leaving node itself */
     } else if (!r || (ring_members(r) == 1 &&
                       ring_find(r, kv_slice_str(n->name)) >= 0)) {

@@ -45,6 +45,11 @@ typedef enum rep_msg_type {
 
 /* flags of REP_HELLO: who is talking */
 enum { REP_ROLE_CLIENT = 0, REP_ROLE_NODE = 1 };
+/* flags of REP_LEAVE */
+enum {
+    /* text names another member, down for good: remove it on its behalf */
+    REP_LEAVE_FORCE = 1,
+};
 /* flags of REP_PUT and REP_RPUT */
 enum {
     REP_PUT_DELETE = 1,    /* write a tombstone instead of value */

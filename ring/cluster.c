@@ -212,6 +212,20 @@ int ring_cluster_set_self(const ring_cluster *c, kv_slice name, kv_slice addr,
     return 0;
 }
 
+int ring_cluster_force_leave(const ring_cluster *c, kv_slice name,
+                             ring_cluster **out) {
+    *out = NULL;
+    int at = ring_cluster_find(c, name);
+    if (at < 0) return KV_ENOTFOUND;
+    ring_cluster *d = copy_cluster(c, 0);
+    if (!d) return -ENOMEM;
+    d->e[at].version++;
+    d->e[at].leave = true;
+    d->e[at].done = UINT64_MAX;
+    *out = d;
+    return 0;
+}
+
 /* >0 when entry a wins over b (same name), <0 when b wins, 0 when equal. */
 static int entry_order(const entry *a, const entry *b) {
     if (a->version != b->version) return a->version > b->version ? 1 : -1;

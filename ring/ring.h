@@ -164,6 +164,12 @@ int ring_cluster_find(const ring_cluster *c, kv_slice name);
 int ring_cluster_set_self(const ring_cluster *c, kv_slice name, kv_slice addr,
                           uint64_t incarnation, bool leave, uint64_t done,
                           ring_cluster **out);
+/* c with member name removed on its behalf (it is gone for good and
+ * cannot leave itself): its entry marked leaving and done with every
+ * move, at a version above the one c holds, so no move waits for it.
+ * KV_ENOTFOUND if c has no such member, -ENOMEM. */
+int ring_cluster_force_leave(const ring_cluster *c, kv_slice name,
+                             ring_cluster **out);
 /* The least upper bound of a and b. Commutative, associative, idempotent.
  * -EINVAL when their rings have different partition counts (two clusters),
  * KV_ETOOLARGE past RING_MAX_ENTRIES, -ENOMEM. */

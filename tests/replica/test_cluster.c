@@ -658,3 +658,34 @@ Test(cluster, big_siblings_are_merged_whole) {
     rep_client_close(b);
     rep_client_close(c);
 }
+
+/* A member that dies for good is removed on its behalf: the ring moves on
+ * without it, and its keys are copied from the replicas that remain, so
+ * every key is on three live members again. Removing a member that is up
+ * is refused. */
+Test(cluster, a_dead_member_is_removed_and_its_keys_re_replicated) {
+    enum { KEYS = 200 };
+    start_cluster(4);
+    rep_client *c = connect_to(0);
+    for (int k = 0; k < KEYS; k++) OK(put_through(c, k, 1, 3));
+    EXPECT_RC(rep_client_remove(c, kv_slice_str("n3")), -EBUSY);
+    stop(&g_nodes[3], SIGKILL);
+    int rc = -EBUSY;
+    for (int t = 0; t < 100 && rc == -EBUSY; t++) {
+        rc = rep_client_remove(c, kv_slice_str("n3"));
+        if (rc == -EBUSY) nap(100); /* until n0 sees it down */
+    }
+    OK(rc);
+    int three[] = {0, 1, 2};
+    wait_stable(three, 3, 3);
+    for (int k = 0; k < KEYS; k++) expect_value(c, k, 1, 3);
+    rep_client_close(c);
+    ring_cluster *s = state_of(0);
+    int at = ring_cluster_find(s, kv_slice_str("n3"));
+    cr_assert_eq(ring_cluster_member(s, (uint32_t)at).status, RING_REMOVED);
+    /* On disk: every key on exactly its three live owners. */
+    for (int i = 0; i < 3; i++) wait_dropped(i, ring_cluster_version(s));
+    for (int i = 0; i < 3; i++) stop(&g_nodes[i], SIGTERM);
+    check_placement(ring_cluster_ring(s), three, 3, KEYS);
+    ring_cluster_unref(s);
+}
