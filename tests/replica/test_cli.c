@@ -153,3 +153,39 @@ Test(cli, bad_arguments_exit_2_without_a_request) {
     /* Nothing listening: a clear connection error, exit 2. */
     cr_assert_not_null(strstr(out, "cannot connect"), "%s", out);
 }
+
+/* ring, bucket and leave against a one-member cluster: who owns what, a
+ * bucket's setting set and read back, the last member refused leave, and
+ * bad arguments exit 2 before anything is sent. */
+Test(cli, ring_bucket_and_leave) {
+    start_node();
+    char out[8192];
+    cr_assert_eq(run(out, sizeof out, "%s ring --node %s", g_bin, g_addr), 0);
+    cr_assert_not_null(strstr(out, "1 members, 8192 partitions"), "%s", out);
+    cr_assert_not_null(strstr(out, "cli-node"), "%s", out);
+    cr_assert_not_null(strstr(out, "100.00%"), "%s", out);
+    cr_assert_eq(
+        run(out, sizeof out, "%s ring --ranges --node %s", g_bin, g_addr), 0);
+    cr_assert_not_null(strstr(out, "    0-8191 "), "%s", out);
+    cr_assert_not_null(
+        strstr(out, "0000000000000000-ffffffffffffffff  cli-node"), "%s", out);
+    cr_assert_eq(
+        run(out, sizeof out, "%s bucket --node %s sessions", g_bin, g_addr), 0);
+    cr_assert_str_eq(out, "bucket sessions: siblings\n");
+    cr_assert_eq(
+        run(NULL, 0, "%s bucket --node %s sessions --lww", g_bin, g_addr), 0);
+    cr_assert_eq(
+        run(out, sizeof out, "%s bucket --node %s sessions", g_bin, g_addr), 0);
+    cr_assert_str_eq(out, "bucket sessions: last writer wins\n");
+    cr_assert_eq(run(out, sizeof out, "%s ring --node %s", g_bin, g_addr), 0);
+    cr_assert_not_null(strstr(out, "bucket sessions: last writer wins"), "%s",
+                       out);
+    cr_assert_eq(run(out, sizeof out, "%s leave --node %s 2>&1", g_bin, g_addr),
+                 2);
+    cr_assert_not_null(strstr(out, "last member"), "%s", out);
+    cr_assert_eq(
+        run(NULL, 0, "%s bucket --node %s 'a/b' 2>/dev/null", g_bin, g_addr),
+        2);
+    cr_assert_eq(run(NULL, 0, "%s ring --bogus 2>/dev/null", g_bin), 2);
+    cr_assert_eq(run(NULL, 0, "%s leave --remove 2>/dev/null", g_bin), 2);
+}
