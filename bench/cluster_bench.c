@@ -49,6 +49,7 @@
 #include "base/base.h"
 #include "replica/client.h"
 #include "replica/dvv.h"
+#include "ring/ring.h"
 
 #define MAX_NODES 16 /* a quorumfs request names at most 16 replicas */
 #define MAX_LIST 16
@@ -1118,37 +1119,76 @@ static int q_wait_listening(sysctx *s, const char *addr, uint64_t deadline) {
     return -1;
 }
 
-/* The cluster is ready when a get with n = r = the member count answers
- * 0 or KV_ENOTFOUND through every node: every replica answered. */
+/* Ask the node at addr for its cluster state. 1 when it serves a ring of
+ * `want` members (at least `want` with at_least) and has no next ring, 0
+ * when not yet, else the error of the connection or of decoding the
+ * state. why gets what the node holds (or the error), *version the
+ * version of its ring part. */
+static int q_node_settled(const char *addr, uint32_t want, bool at_least,
+                          uint64_t *version, char *why, size_t wlen) {
+    rep_client *cl = NULL;
+    ring_cluster *st = NULL;
+    kv_buf b = KV_BUF_INIT;
+    int rc = rep_client_connect(addr, 1000, &cl);
+    if (rc == 0) rc = rep_client_state(cl, &b);
+    if (rc == 0) rc = ring_cluster_decode(kv_buf_slice(&b), &st);
+    if (rc) {
+        snprintf(why, wlen, "%s", kv_strerror(rc));
+        goto out;
+    }
+    const ring *r = ring_cluster_ring(st), *next = ring_cluster_next(st);
+    uint32_t m = r ? ring_members(r) : 0;
+    *version = ring_cluster_version(st);
+    if (!r)
+        snprintf(why, wlen, "no ring yet (joining)");
+    else if (next)
+        snprintf(why, wlen, "%u members serving, moving to %u", m,
+                 ring_members(next));
+    else
+        snprintf(why, wlen, "%u member%s serving", m, m == 1 ? "" : "s");
+    rc = r && !next && (at_least ? m >= want : m == want);
+out:
+    ring_cluster_unref(st);
+    kv_buf_release(&b);
+    rep_client_close(cl);
+    return rc;
+}
+
+/* The cluster is ready when every node's cluster state (rep_client_state)
+ * shows a serving ring of K members and no next ring, all at the same
+ * ring version: the joins are done and no ownership is moving. K is the
+ * node count; for --cluster, which may name a subset, at least K. */
 static int q_wait_ready(sysctx *s, uint64_t deadline) {
-    int k = s->ep.n;
-    rep_opts o = {
-        .n = (uint8_t)k, .r = (uint8_t)k, .w = (uint8_t)k, .timeout_ms = 1000};
-    kv_buf obj = KV_BUF_INIT;
-    int rc = KV_ETIMEDOUT, at = 0;
-    for (at = 0; at < k && !stopping();) {
+    int k = s->ep.n, at = 0;
+    bool at_least = s->c->ncluster > 0;
+    uint64_t first = 0;
+    char why[96] = "";
+    while (at < k && !stopping()) {
         if (s->nslots && !members_alive(s, "before the cluster was ready"))
-            break;
-        rep_client *cl;
-        rc = rep_client_connect(s->ep.addr[at], 1000, &cl);
-        if (rc == 0) {
-            rc = rep_client_get(cl, kv_slice_str(READY_KEY), &o, &obj);
-            rep_client_close(cl);
-        }
-        if (rc == 0 || rc == KV_ENOTFOUND) {
+            return -1;
+        uint64_t v = 0;
+        int rc = q_node_settled(s->ep.addr[at], (uint32_t)k, at_least, &v, why,
+                                sizeof why);
+        if (rc == 1 && (at == 0 || v == first)) {
+            if (at == 0) first = v;
             at++;
             continue;
         }
-        if (now_ns() >= deadline || rc == -EINVAL) {
+        if (rc == 1) /* settled on another version: start over */
+            snprintf(why, sizeof why,
+                     "ring version %" PRIu64 ", %s has %" PRIu64, v,
+                     s->ep.addr[0], first);
+        if (now_ns() >= deadline) {
             fprintf(stderr,
-                    "cluster_bench: quorumfs cluster not ready after %.0f s: a "
-                    "get with n=%d r=%d through %s answers '%s'\n",
-                    s->c->ready_timeout, k, k, s->ep.addr[at], kv_strerror(rc));
-            break;
+                    "cluster_bench: quorumfs cluster not ready after %.0f s: "
+                    "%s wants %s%d members serving and no move, has: %s\n",
+                    s->c->ready_timeout, s->ep.addr[at],
+                    at_least ? "at least " : "", k, why);
+            return -1;
         }
+        at = 0;
         sleep_ms(100);
     }
-    kv_buf_release(&obj);
     return at == k ? 0 : -1;
 }
 
@@ -1187,7 +1227,7 @@ static int q_start(sysctx *s) {
         if (fmt_path(data, sizeof data, "%s/%s", base, name) ||
             fmt_path(logpath, sizeof logpath, "%s/%s.log", base, name))
             return -1;
-        char *argv[12];
+        char *argv[14];
         int a = 0;
         argv[a++] = (char *)c->qbin;
         argv[a++] = "node";
@@ -1197,6 +1237,11 @@ static int q_start(sysctx *s) {
         argv[a++] = s->ep.addr[i];
         argv[a++] = "--name";
         argv[a++] = name;
+        /* Gossip (and heartbeats) every 100 ms instead of 500, so joins
+         * settle in a second or two; costs each node 10 small frames a
+         * second per peer. */
+        argv[a++] = "--gossip-ms";
+        argv[a++] = "100";
         if (i > 0) {
             argv[a++] = "--join";
             argv[a++] = s->ep.addr[0];
