@@ -55,8 +55,8 @@ void eng_options_init(eng_options *o) {
     o->recycle_wal = true;
     o->table_bytes = 32u << 20;
     o->l0_compaction_trigger = 4;
-    o->l0_slowdown_trigger = 12;
-    o->l0_stop_trigger = 20;
+    o->l0_slowdown_trigger = 8;
+    o->l0_stop_trigger = 12;
     o->level1_bytes = 128u << 20;
     o->level_multiplier = 10;
     o->tier_min = 4;

@@ -58,8 +58,8 @@ typedef struct eng_options {
                                    * default true (faster fdatasync) */
     uint64_t table_bytes;         /* target table size, default 32 MiB */
     int l0_compaction_trigger;    /* default 4 tables */
-    int l0_slowdown_trigger;      /* default 12 tables */
-    int l0_stop_trigger;          /* default 20 tables */
+    int l0_slowdown_trigger;      /* default 8 tables */
+    int l0_stop_trigger;          /* default 12 tables */
     uint64_t level1_bytes;        /* default 128 MiB */
     int level_multiplier;         /* default 10 */
     int tier_min;                 /* tables merged at once, default 4 */

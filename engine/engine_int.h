@@ -323,6 +323,11 @@ int eng__table_get(eng_table *t, kv_slice ukey, uint64_t snap_seq, int *type,
 /* Iterator over all entries; the table must outlive it. fill_cache false for
  * compaction reads (do not evict hot blocks). NULL on -ENOMEM. */
 eng_iiter *eng__table_iter(eng_table *t, bool fill_cache);
+/* Whether a user scan of t (fill_cache) reads ahead in windows with pread
+ * rather than the mapping in place: always for a table read with pread,
+ * and for a mapped one until point lookups have read about twice its size
+ * through the mapping. */
+bool eng__table_scan_windows(const eng_table *t);
 /* Heap bytes the open table holds: the reader, its properties, and its
  * index and filter blocks unless they are views of the mapping. */
 size_t eng__table_mem(const eng_table *t);

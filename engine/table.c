@@ -8,7 +8,8 @@
  * cache, as LevelDB does with mmap reads), else as heap copies whose bytes
  * are reserved in the block cache, so that the cache's capacity bounds them
  * together with the data blocks. Data blocks are read on demand, verified
- * against their checksum, and shared through the block cache.
+ * against their checksum, and shared through the block cache; scans read
+ * ahead in windows unless lookups have already touched most of a mapping.
  *
  * Invariants: every block is followed by a 9-byte trailer (type, checksum of
  * stored bytes + type) and nothing read from the file is used before its
@@ -431,6 +432,9 @@ struct eng_table {
     bool filter_own; /* filter is a heap copy, else a view of map */
     size_t charge;   /* bytes reserved in cache, given back at close */
     eng_table_props props;
+    /* Data block bytes point lookups have read through the mapping, counted
+     * up to WARM_READS x meta_end: how warm the mapping is (scan_windows). */
+    _Atomic uint64_t mapped_reads;
 };
 
 #define CORRUPT(t, ...) corrupt_at((t)->file->path, __VA_ARGS__)
@@ -490,7 +494,7 @@ typedef struct readahead {
     uint64_t off;  /* file offset of buf[0] */
     uint64_t next; /* where the next block would start if sequential */
     int streak;    /* consecutive sequential reads, capped at 2 */
-    bool windows;  /* read windows even from a mapped table (compaction) */
+    bool windows;  /* read windows even from a mapped table (scan_windows) */
 } readahead;
 
 static void ra_release(readahead *ra) {
@@ -500,11 +504,13 @@ static void ra_release(readahead *ra) {
 
 /* Note a read of [off, off + n) and, when it continues a sequential
  * streak, make ra's window hold it. *have tells whether ra->buf now holds
- * the bytes. */
+ * the bytes. A first read starts a streak like a jump does: a scan from
+ * the first block (offset 0, where a new ra's next also points) once kept
+ * a window of 0 bytes and read every block with a pread of its own. */
 static int ra_fill(eng_table *t, readahead *ra, uint64_t off, size_t n,
                    bool *have) {
     *have = false;
-    if (off != ra->next) {
+    if (ra->window == 0 || off != ra->next) {
         ra->streak = 0;
         ra->window = RA_MIN;
     } else if (ra->streak < 2) {
@@ -536,6 +542,29 @@ static int ra_fill(eng_table *t, readahead *ra, uint64_t off, size_t n,
     return 0;
 }
 
+/* Whether a scan of t reads windows (true) or its mapping in place. The
+ * first touch of each page of a mapping costs a fault (on a virtual
+ * machine whose hypervisor shadows page tables, also an exit), 2-4 us
+ * per 4 KiB page here: a scan of a mapping no lookup has touched ran at
+ * 1.0-1.2 s per 400K entries of 4 KiB, through windows at 0.38 s, through
+ * a mapping already touched at 0.25 s (100-byte values: 7.3M entries/s,
+ * 11.3M and 12.9M). So a scan reads the mapping only once point lookups
+ * have read WARM_READS times the table's size through it, by when random
+ * lookups have touched about 86% of its pages; a compaction always reads
+ * windows (it reads each byte once, and a window is one system call and a
+ * copy where the mapping would stay mapped after the table is gone). */
+#define WARM_READS 2
+
+static uint64_t warm_bytes(const eng_table *t) {
+    return WARM_READS * t->meta_end;
+}
+
+static bool scan_windows(const eng_table *t, bool compaction) {
+    return compaction || !t->map ||
+           atomic_load_explicit(&t->mapped_reads, memory_order_relaxed) <
+               warm_bytes(t);
+}
+
 /* Read, verify and (if needed) decompress the block at h. On success *out
  * holds *len block bytes: a kv_malloc'd buffer the caller owns, or, when
  * borrowed is given and the block is stored uncompressed in the table's
@@ -553,12 +582,8 @@ static int read_block(eng_table *t, handle h, const char *what, readahead *ra,
     uint8_t *buf = NULL, *d = NULL;
     const uint8_t *src;
     bool have = false;
-    /* A scan of a mapped table reads the mapping in place, like a point
-     * read (a user scan after point reads ran 1.0-1.3x LevelDB at 4 KiB
-     * values this way, 0.8x through pread windows, which copy every byte
-     * through the kernel). A compaction reads windows instead: it reads
-     * each byte once, and a window costs one system call where fresh
-     * pages of a mapping cost a fault per 64 KiB and stay mapped. */
+    /* Point reads of a mapped table read the mapping in place; scans read
+     * windows unless told to read the mapping (see scan_windows). */
     int rc = ra && (!t->map || ra->windows)
                  ? ra_fill(t, ra, h.off, n + TRAILER_SIZE, &have)
                  : 0;
@@ -567,6 +592,12 @@ static int read_block(eng_table *t, handle h, const char *what, readahead *ra,
         src = ra->buf + (h.off - ra->off);
     } else if (t->map && borrowed) {
         src = t->map + h.off;
+        /* Counted until the limit, then only read: lookups on many threads
+         * do not keep writing one cache line. */
+        if (!ra && atomic_load_explicit(&t->mapped_reads,
+                                        memory_order_relaxed) < warm_bytes(t))
+            atomic_fetch_add_explicit(&t->mapped_reads, n + TRAILER_SIZE,
+                                      memory_order_relaxed);
     } else {
         if (!(buf = kv_malloc(n + TRAILER_SIZE))) return -ENOMEM;
         if (have)
@@ -1072,6 +1103,10 @@ static const eng_iiter_ops table_iter_ops = {
     .free = ti_free,
 };
 
+bool eng__table_scan_windows(const eng_table *t) {
+    return scan_windows(t, false);
+}
+
 eng_iiter *eng__table_iter(eng_table *t, bool fill_cache) {
     table_iter *it = kv_calloc(1, sizeof *it);
     if (!it) return NULL;
@@ -1083,6 +1118,6 @@ eng_iiter *eng__table_iter(eng_table *t, bool fill_cache) {
     it->base.ops = &table_iter_ops;
     it->t = t;
     it->fill_cache = fill_cache;
-    it->ra.windows = !fill_cache; /* compaction inputs */
+    it->ra.windows = scan_windows(t, !fill_cache); /* decided per scan */
     return &it->base;
 }

@@ -1001,6 +1001,68 @@ Test(table, read_failures_are_io_errors_not_corruption) {
     free_model(&m);
 }
 
+/* A scan from the first block reads its table in windows, not a block per
+ * read: once a scan has read two blocks that follow each other, the next
+ * pread fetches 16 KiB, doubling to 128 KiB. A scan starting at offset 0
+ * once kept a window of 0 bytes and read every block with a pread of its
+ * own, which is what compactions do (and made them slow). */
+Test(table, scans_from_the_first_block_read_windows) {
+    model m;
+    const char *p = build_small(&m, 3000, "w.sst", 1024);
+    eng_fault *f;
+    OK(eng_fault_new(&f));
+    eng_table *t;
+    OK(eng__table_open(f, p, 1, NULL, false, &t));
+    uint64_t size = file_size(p);
+    cr_assert_gt(size / 1024, 150);        /* blocks, about */
+    for (int fill = 0; fill < 2; fill++) { /* compaction, then user scan */
+        /* Two single blocks, then windows of 16, 32, 64, 128, 128... KiB
+         * (and a spare read or two): about 8 reads, where a read per
+         * block takes over 150. */
+        eng_fault_arm(f, ENG_FAULT_READ, 8 + (long)(size / (128u << 10)), EIO,
+                      true);
+        eng_iiter *it = eng__table_iter(t, fill == 1);
+        size_t i = 0;
+        for (it->ops->seek_first(it); it->ops->valid(it); it->ops->next(it))
+            cr_assert(kv_slice_eq(it->ops->key(it), ekey(&m, i++)));
+        OK(it->ops->status(it));
+        cr_assert_eq(i, m.n);
+        cr_assert_eq(eng_fault_hits(f), 0);
+        it->ops->free(it);
+        eng_fault_disarm(f);
+    }
+    eng__table_close(t);
+    eng_fault_free(f);
+    free_model(&m);
+}
+
+/* A user scan of a mapped table reads windows until point lookups have
+ * read about twice the table through its mapping, and then the mapping in
+ * place (its pages are faulted in by then); a reopened table has a new,
+ * cold mapping. A table read with pread always reads windows. Both ways
+ * the scan returns the same entries. */
+Test(table, scans_read_the_mapping_once_lookups_have_touched_it) {
+    model m;
+    const char *p = build_small(&m, 3000, "m.sst", 1024);
+    eng_table *t;
+    OK(eng__table_open(NULL, p, 1, NULL, true, &t));
+    cr_assert(eng__table_scan_windows(t));
+    check_iter(t, &m, true, 1000);
+    cr_assert(eng__table_scan_windows(t), "a scan warmed the mapping");
+    check_gets(t, &m, 1); /* reads every block several times */
+    cr_assert(!eng__table_scan_windows(t));
+    check_iter(t, &m, true, 1000);
+    eng__table_close(t);
+    OK(eng__table_open(NULL, p, 1, NULL, true, &t));
+    cr_assert(eng__table_scan_windows(t));
+    eng__table_close(t);
+    OK(eng__table_open(NULL, p, 1, NULL, false, &t));
+    check_gets(t, &m, 1);
+    cr_assert(eng__table_scan_windows(t));
+    eng__table_close(t);
+    free_model(&m);
+}
+
 Test(table, allocation_failures_build_open_get_iterate) {
     model m;
     gen_model(&m, 300, false);
