@@ -4,7 +4,7 @@
  *   quorumfs node --data DIR [--listen HOST:PORT] [--name NAME]
  *                 [--join HOST:PORT,...] [--n-val N] [--gossip-ms MS]
  *                 [--failure-timeout-ms MS] [--clock-offset-ms MS]
- *                 [--tombstone-grace-ms MS]
+ *                 [--tombstone-grace-ms MS] [--read-hedge-ms MS]
  *   quorumfs get [--node HOST:PORT] [-n N -r R -w W] KEY
  *   quorumfs put [--node HOST:PORT] [-n N -r R -w W] [--sync] [--blind]
  *                KEY [VALUE]
@@ -68,6 +68,14 @@ int cli_node(int argc, char **argv) {
                 return 2;
             }
             o.clock_offset_us = ms * 1000;
+        } else if (!strcmp(a, "--read-hedge-ms")) {
+            char *end;
+            long ms = strtol(v, &end, 10);
+            if (*end || end == v || ms < 0 || ms > 600000) {
+                ERR("node", "--read-hedge-ms wants 0..600000\n");
+                return 2;
+            }
+            o.read_hedge_ms = (uint32_t)ms;
         } else if (!strcmp(a, "--gossip-ms") ||
                    !strcmp(a, "--failure-timeout-ms") ||
                    !strcmp(a, "--tombstone-grace-ms")) {

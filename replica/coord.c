@@ -23,6 +23,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct req {
     rep_node *node;
@@ -42,14 +43,16 @@ struct req {
     kv_buf key, ctx, value;
     kv_buf obj; /* get: objects merged so far; put: the new object */
     uint64_t started;
-    uv_timer_t timer;
+    uv_timer_t timer; /* the deadline; for a get first the hedge */
     bool timer_open;
+    uint64_t asked[REP_MAX_N]; /* get: replicas asked, by name hash */
+    int nasked;
 };
 
+/* The coordinator's own copy: a job on the engine threads. */
 typedef struct lwork {
+    rep_job job;
     req *rq;
-    int rc;
-    kv_buf out;
 } lwork;
 
 static const char *op_name(const req *rq) {
@@ -157,6 +160,9 @@ static int take_object(req *rq, kv_slice obj) {
         rq->have_obj = rc == 0;
         return rc;
     }
+    /* Replicas that agree send the same bytes: nothing to merge. */
+    if (obj.len == rq->obj.len && memcmp(obj.ptr, rq->obj.ptr, obj.len) == 0)
+        return 0;
     kv_buf m = KV_BUF_INIT;
     int rc = rep_obj_merge(kv_buf_slice(&rq->obj), obj, rq->lww, &m);
     if (rc == 0) {
@@ -266,6 +272,8 @@ static void start_merge(req *rq) {
     rq->pending_tail = NULL;
 }
 
+static bool ask_replica(req *rq);
+
 /* A replica's answer to a get: rc, and its object when rc is 0. */
 static void got_reply(req *rq, int rc, kv_slice obj) {
     bool good = rc == 0 || rc == KV_ENOTFOUND;
@@ -274,6 +282,7 @@ static void got_reply(req *rq, int rc, kv_slice obj) {
     if (rq->done || !good || (!rq->merging && !big)) {
         if (rc == 0 && !rq->done) rc = take_object(rq, obj);
         req_count(rq, rc);
+        if (!good && !rq->done) ask_replica(rq); /* one more instead */
         return;
     }
     pend *p = kv_calloc(1, sizeof *p);
@@ -289,18 +298,12 @@ static void got_reply(req *rq, int rc, kv_slice obj) {
     if (!rq->merging) start_merge(rq);
 }
 
-static void local_get_run(void *arg) {
-    lwork *w = arg;
-    req *rq = w->rq;
-    w->rc = rep_store_get(rq->node->store, kv_buf_slice(&rq->key), &w->out);
-}
-
-static void local_get_done(void *arg, int status) {
-    lwork *w = arg;
+static void local_get_done(rep_job *j) {
+    lwork *w = (lwork *)j;
     req *rq = w->rq;
     rq->inflight--;
-    got_reply(rq, status ? KV_ECLOSED : w->rc, kv_buf_slice(&w->out));
-    kv_buf_release(&w->out);
+    got_reply(rq, j->op.rc, kv_buf_slice(&j->out));
+    kv_buf_release(&j->out);
     kv_free(w);
     req_maybe_free(rq);
 }
@@ -348,25 +351,14 @@ static void send_rput(req *rq, kv_slice name, kv_slice addr, rep__peer_cb cb) {
     }
 }
 
-static void local_update_run(void *arg) {
-    lwork *w = arg;
-    req *rq = w->rq;
-    rep_node *n = rq->node;
-    int flags = (rq->tombstone ? REP_STORE_TOMBSTONE : 0) |
-                (rq->sync ? REP_STORE_SYNC : 0) | (rq->lww ? REP_STORE_LWW : 0);
-    w->rc = rep_store_update(n->store, kv_buf_slice(&rq->key),
-                             kv_buf_slice(&rq->ctx), kv_buf_slice(&rq->value),
-                             flags, n->actor, rep__now_us(n), &w->out);
-}
-
-static void local_update_done(void *arg, int status) {
-    lwork *w = arg;
+static void local_update_done(rep_job *j) {
+    lwork *w = (lwork *)j;
     req *rq = w->rq;
     rep_node *n = rq->node;
     rq->inflight--;
-    int rc = status ? KV_ECLOSED : w->rc;
+    int rc = j->op.rc;
     kv_buf_release(&rq->obj);
-    rq->obj = w->out;
+    rq->obj = j->out;
     kv_free(w);
     if (rc) {
         /* Without the new object no other replica can be written. */
@@ -602,6 +594,61 @@ void rep__coord_free(rep_node *n) {
     n->nreaps = 0;
 }
 
+/* ---- which replicas a get asks ---- */
+
+static void local_call(req *rq);
+
+/* Ask one more replica of rq's key for its copy, the coordinator's own
+ * first, then in preference-list order; a replica the failure detector
+ * calls down counts as failed and the next one is asked. false when
+ * every replica was asked (or the request ended). */
+static bool ask_replica(req *rq) {
+    rep_node *n = rq->node;
+    kv_slice names[REP_MAX_N], addrs[REP_MAX_N], nn[REP_MAX_N], na[REP_MAX_N];
+    int nnext;
+    int got = rep__member_preflist(n, ring_hash(kv_buf_slice(&rq->key)), rq->n,
+                                   names, addrs, &nnext, nn, na);
+    kv_slice self = kv_slice_str(n->name);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < got && !rq->done; i++) {
+            bool mine = kv_slice_eq(names[i], self);
+            if (mine != (pass == 0)) continue;
+            uint64_t h = kv_hash64(names[i].ptr, names[i].len, 0);
+            bool seen = false;
+            for (int k = 0; k < rq->nasked; k++) seen |= rq->asked[k] == h;
+            if (seen || rq->nasked == REP_MAX_N) continue;
+            rq->asked[rq->nasked++] = h;
+            if (mine) {
+                local_call(rq);
+                return true;
+            }
+            if (!rep__peer_up(n, names[i])) {
+                req_count(rq, KV_EQUORUM);
+                continue;
+            }
+            rep_msg g = {.type = REP_RGET, .key = kv_buf_slice(&rq->key)};
+            rq->inflight++;
+            int rc = rep__peer_call(n, names[i], addrs[i], &g, on_rget, rq);
+            if (rc == 0) return true;
+            rq->inflight--;
+            req_count(rq, rc);
+        }
+    }
+    return false;
+}
+
+/* The hedge delay passed without R answers: ask every other replica, and
+ * wait for the rest of the deadline. */
+static void on_hedge(uv_timer_t *t) {
+    req *rq = t->data;
+    while (!rq->done && ask_replica(rq)) {
+    }
+    if (rq->done) return;
+    uint64_t spent = uv_now(&rq->node->loop) - rq->started;
+    uint64_t left = spent < rq->timeout_ms ? rq->timeout_ms - spent : 0;
+    uv_timer_start(&rq->timer, on_deadline, left, 0);
+}
+
 /* ---- start ---- */
 
 static void reply_now(conn *c, const rep_msg *m, int code) {
@@ -611,19 +658,45 @@ static void reply_now(conn *c, const rep_msg *m, int code) {
     rep__conn_send(c, &e);
 }
 
-static void local_call(req *rq, void (*fn)(void *), void (*done)(void *, int)) {
+/* Read (get) or update (put) the coordinator's own copy of rq's key. */
+static void local_call(req *rq) {
+    rep_node *n = rq->node;
     lwork *w = kv_calloc(1, sizeof *w);
     if (!w) {
-        req_count(rq, -ENOMEM);
+        if (rq->type == REP_PUT)
+            req_finish(rq, -ENOMEM);
+        else
+            req_count(rq, -ENOMEM);
         return;
     }
     w->rq = rq;
-    kv_buf_init(&w->out);
+    kv_buf_init(&w->job.out);
+    rep_store_op *op = &w->job.op;
+    op->key = kv_buf_slice(&rq->key);
+    if (rq->type == REP_GET) {
+        op->kind = REP_JOB_GET;
+        w->job.done = local_get_done;
+    } else {
+        op->kind = REP_STORE_OP_UPDATE;
+        op->ctx = kv_buf_slice(&rq->ctx);
+        op->value = kv_buf_slice(&rq->value);
+        op->flags = (rq->tombstone ? REP_STORE_TOMBSTONE : 0) |
+                    (rq->sync ? REP_STORE_SYNC : 0) |
+                    (rq->lww ? REP_STORE_LWW : 0);
+        op->actor = n->actor;
+        op->now_us = rep__now_us(n);
+        w->job.done = local_update_done;
+    }
     rq->inflight++;
-    if (rep__work(rq->node, fn, done, w)) {
+    int rc = rep__exec(n, &w->job);
+    if (rc) {
         rq->inflight--;
         kv_free(w);
-        req_count(rq, -ENOMEM);
+        /* A put without its new object cannot write any other replica. */
+        if (rq->type == REP_PUT)
+            req_finish(rq, rc);
+        else
+            req_count(rq, rc);
     }
 }
 
@@ -709,22 +782,17 @@ void rep__coord_start(conn *c, const rep_msg *m) {
             forward_put(rq);
             return;
         }
-        local_call(rq, local_update_run, local_update_done);
+        local_call(rq);
         return;
     }
-    for (int i = 0; i < rq->nrep && !rq->done; i++) {
-        if (i == me) {
-            local_call(rq, local_get_run, local_get_done);
-        } else if (!rep__peer_up(n, names[i])) {
-            req_count(rq, KV_EQUORUM);
-        } else {
-            rep_msg g = {.type = REP_RGET, .key = kv_buf_slice(&rq->key)};
-            rq->inflight++;
-            int rc = rep__peer_call(n, names[i], addrs[i], &g, on_rget, rq);
-            if (rc) {
-                rq->inflight--;
-                req_count(rq, rc);
-            }
-        }
+    /* A get asks R replicas, and the rest only when one fails or the
+     * hedge delay passes (docs/protocol.md, "The coordinator"). */
+    uint32_t hedge = n->opt.read_hedge_ms;
+    int ask = hedge && hedge < rq->timeout_ms ? rq->need : rq->nrep;
+    for (int i = 0; i < ask && !rq->done; i++)
+        if (!ask_replica(rq)) break;
+    if (!rq->done && ask < rq->nrep) {
+        uv_timer_stop(&rq->timer);
+        uv_timer_start(&rq->timer, on_hedge, hedge, 0);
     }
 }

@@ -4,10 +4,12 @@
  *
  * A served connection is freed only when its handles are closed and no
  * answer is still to come on it (refs: coordinated requests, replica
- * calls on the pool). Backpressure: a connection stops being read while it
- * has MAX_REFS answers outstanding or MAX_QUEUED bytes not yet written,
- * and is read again once both fell to half; so a client that sends faster
- * than it reads costs bounded memory. Idle connections (nothing read, no
+ * calls on the pool). Replies are coalesced (outbuf.c): those of one loop
+ * turn go out in one write. Backpressure: a connection stops being read
+ * while it has MAX_REFS answers outstanding or max_queued bytes not yet
+ * written (queued for the turn's write or in libuv), and is read again
+ * once both fell to half; so a client that sends faster than it reads
+ * costs bounded memory. Idle connections (nothing read, no
  * answer outstanding, nothing to write) close after idle_ms.
  * Protocol and state machines: docs/protocol.md.
  */
@@ -48,6 +50,7 @@ void rep_node_opts_init(rep_node_opts *o) {
     o->gossip_ms = 500;
     o->fd_timeout_ms = 3000;
     o->tombstone_grace_ms = 10000;
+    o->read_hedge_ms = 20;
     eng_options_init(&o->engine);
 }
 
@@ -114,6 +117,10 @@ static void conn_close(conn *c, const char *why) {
         n->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
+    /* What was sent before the close goes out first (an error frame that
+     * explains it, say), as far as the socket takes it right away. */
+    rep__outbuf_flush(&c->out);
+    rep__outbuf_release(&c->out);
     uv_close(&c->io.handle, on_handle_closed);
     uv_close((uv_handle_t *)&c->idle, on_handle_closed);
 }
@@ -122,7 +129,7 @@ static void conn_close(conn *c, const char *why) {
 static void conn_maybe_resume(conn *c) {
     if (!c->paused || c->closing || c->draining) return;
     if (c->refs > MAX_REFS / 2 ||
-        CONN_STREAM(c)->write_queue_size > c->node->opt.max_queued / 2)
+        rep__outbuf_queued(&c->out) > c->node->opt.max_queued / 2)
         return;
     c->paused = false;
     uv_read_start(CONN_STREAM(c), rep__read_buf, on_read);
@@ -138,20 +145,12 @@ void rep__conn_unref(conn *c) {
     conn_maybe_free(c);
 }
 
-typedef struct wreq {
-    uv_write_t uv;
-    kv_buf buf;
-} wreq;
-
-static void on_written(uv_write_t *w, int status) {
-    wreq *r = (wreq *)w;
-    conn *c = w->data;
-    kv_buf_release(&r->buf);
-    kv_free(r);
+static void on_written(rep_outbuf *o, int status) {
+    conn *c = o->data;
     if (c->closing) return;
     if (status < 0) {
         conn_close(c, uv_strerror(status));
-    } else if (c->draining && CONN_STREAM(c)->write_queue_size == 0) {
+    } else if (c->draining && rep__outbuf_queued(&c->out) == 0) {
         conn_close(c, NULL);
     } else {
         conn_maybe_resume(c);
@@ -161,26 +160,8 @@ static void on_written(uv_write_t *w, int status) {
 /* Send m on c; a connection that cannot take it is closed. */
 void rep__conn_send(conn *c, const rep_msg *m) {
     if (c->closing) return;
-    wreq *r = kv_calloc(1, sizeof *r);
-    if (!r) {
-        conn_close(c, "out of memory");
-        return;
-    }
-    kv_buf_init(&r->buf);
-    int rc = rep_msg_encode(m, &r->buf);
-    if (rc) {
-        kv_free(r);
-        conn_close(c, kv_strerror(rc));
-        return;
-    }
-    uv_buf_t b = uv_buf_init((char *)r->buf.ptr, (unsigned)r->buf.len);
-    r->uv.data = c;
-    rc = uv_write(&r->uv, CONN_STREAM(c), &b, 1, on_written);
-    if (rc) {
-        kv_buf_release(&r->buf);
-        kv_free(r);
-        conn_close(c, uv_strerror(rc));
-    }
+    int rc = rep__outbuf_send(&c->out, m);
+    if (rc) conn_close(c, kv_strerror(rc));
 }
 
 static void send_error(conn *c, uint64_t id, int code, const char *text) {
@@ -192,39 +173,45 @@ static void send_error(conn *c, uint64_t id, int code, const char *text) {
 /* ---- the replica side: replica-get, replica-put, reap ---- */
 
 typedef struct rwork {
+    rep_job job; /* replica-get and -put on the engine threads */
     conn *c;
     uint64_t id;
     uint16_t type;
-    int flags; /* REP_STORE_* */
-    int rc;
-    kv_buf key, obj, out;
+    kv_buf key, obj;
 } rwork;
 
-static void replica_run(void *arg) {
-    rwork *w = arg;
-    rep_node *n = w->c->node;
-    bool reaped;
-    if (w->type == REP_RGET)
-        w->rc = rep_store_get(n->store, kv_buf_slice(&w->key), &w->out);
-    else if (w->type == REP_REAP)
-        w->rc = rep_store_reap(n->store, kv_buf_slice(&w->key),
-                               kv_buf_slice(&w->obj), &reaped);
-    else
-        w->rc = rep_store_merge(n->store, kv_buf_slice(&w->key),
-                                kv_buf_slice(&w->obj), w->flags, n->actor);
-}
-
-static void replica_done(void *arg, int status) {
-    rwork *w = arg;
-    rep_msg m = {.id = w->id, .status = status ? KV_ECLOSED : w->rc};
-    m.type = w->type + 1; /* the reply type */
-    if (w->type == REP_RGET && m.status == 0) m.value = kv_buf_slice(&w->out);
-    rep__conn_send(w->c, &m);
-    rep__conn_unref(w->c);
+static void rwork_free(rwork *w) {
     kv_buf_release(&w->key);
     kv_buf_release(&w->obj);
-    kv_buf_release(&w->out);
+    kv_buf_release(&w->job.out);
     kv_free(w);
+}
+
+static void replica_answer(rwork *w, int rc) {
+    rep_msg m = {.id = w->id, .status = rc};
+    m.type = w->type + 1; /* the reply type */
+    if (w->type == REP_RGET && rc == 0) m.value = kv_buf_slice(&w->job.out);
+    rep__conn_send(w->c, &m);
+    rep__conn_unref(w->c);
+    rwork_free(w);
+}
+
+static void replica_done(rep_job *j) {
+    rwork *w = (rwork *)j;
+    replica_answer(w, j->op.rc);
+}
+
+/* A reap is rare: it runs on the pool. */
+static void reap_run(void *arg) {
+    rwork *w = arg;
+    bool reaped;
+    w->job.op.rc = rep_store_reap(w->c->node->store, kv_buf_slice(&w->key),
+                                  kv_buf_slice(&w->obj), &reaped);
+}
+
+static void reap_done(void *arg, int status) {
+    rwork *w = arg;
+    replica_answer(w, status ? KV_ECLOSED : w->job.op.rc);
 }
 
 static void serve_replica(conn *c, const rep_msg *m) {
@@ -243,22 +230,29 @@ static void serve_replica(conn *c, const rep_msg *m) {
         rep__conn_send(c, &e);
         return;
     }
+    rep_node *n = c->node;
     w->c = c;
     w->id = m->id;
     w->type = m->type;
-    w->flags = (m->flags & REP_PUT_SYNC ? REP_STORE_SYNC : 0) |
-               (m->flags & REP_PUT_LWW ? REP_STORE_LWW : 0);
     kv_buf_init(&w->key);
     kv_buf_init(&w->obj);
-    kv_buf_init(&w->out);
+    kv_buf_init(&w->job.out);
+    rep__conn_ref(c);
     int rc = kv_buf_set(&w->key, m->key.ptr, m->key.len);
     if (rc == 0) rc = kv_buf_set(&w->obj, m->value.ptr, m->value.len);
-    rep__conn_ref(c);
-    if (rc == 0) rc = rep__work(c->node, replica_run, replica_done, w);
-    if (rc) {
-        w->rc = rc;
-        replica_done(w, 0);
+    w->job.op.key = kv_buf_slice(&w->key);
+    w->job.op.value = kv_buf_slice(&w->obj);
+    w->job.op.flags = (m->flags & REP_PUT_SYNC ? REP_STORE_SYNC : 0) |
+                      (m->flags & REP_PUT_LWW ? REP_STORE_LWW : 0);
+    w->job.op.actor = n->actor;
+    w->job.done = replica_done;
+    if (rc == 0 && m->type == REP_REAP) {
+        rc = rep__work(n, reap_run, reap_done, w);
+    } else if (rc == 0) {
+        w->job.op.kind = m->type == REP_RGET ? REP_JOB_GET : REP_STORE_OP_MERGE;
+        rc = rep__exec(n, &w->job);
     }
+    if (rc) replica_answer(w, rc);
 }
 
 /* ---- reading frames ---- */
@@ -353,7 +347,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     }
     if (!c->closing && !c->paused &&
         (c->refs >= MAX_REFS ||
-         CONN_STREAM(c)->write_queue_size >= c->node->opt.max_queued)) {
+         rep__outbuf_queued(&c->out) >= c->node->opt.max_queued)) {
         c->paused = true;
         uv_read_stop(CONN_STREAM(c));
     }
@@ -366,7 +360,7 @@ static void on_idle(uv_timer_t *t) {
         return;
     }
     /* Busy is not idle: wait while answers are due or unwritten. */
-    if (c->refs > 0 || CONN_STREAM(c)->write_queue_size > 0) return;
+    if (c->refs > 0 || rep__outbuf_queued(&c->out) > 0) return;
     conn_close(c, "idle timeout");
 }
 
@@ -392,6 +386,7 @@ static conn *conn_new(rep_node *n) {
 /* After the caller initialised c->io: both handles are c's to close. */
 static void conn_attach(conn *c) {
     c->io.handle.data = c;
+    rep__outbuf_init(&c->out, c->node, CONN_STREAM(c), on_written, c);
     c->handles = 2;
 }
 
@@ -640,6 +635,8 @@ int rep_node_open(const rep_node_opts *o, rep_node **out) {
     }
     uv_async_init(&n->loop, &n->wake, on_wake);
     n->wake.data = n;
+    if ((rc = rep__exec_open(n))) goto fail;
+    rep__outbuf_loop_init(n);
     if (o->listen) {
         uv_tcp_init(&n->loop, &n->server);
         n->server.data = n;
@@ -705,7 +702,7 @@ static void shut_down(rep_node *n) {
     for (conn *c = n->conns, *next; c; c = next) {
         next = c->next;
         uv_read_stop(CONN_STREAM(c));
-        if (CONN_STREAM(c)->write_queue_size == 0) {
+        if (rep__outbuf_queued(&c->out) == 0) {
             conn_close(c, NULL);
         } else {
             c->draining = true;
@@ -717,6 +714,7 @@ static void shut_down(rep_node *n) {
         close_if_open((uv_handle_t *)&n->sigterm);
     }
     close_if_open((uv_handle_t *)&n->wake);
+    rep__exec_stop(n);
 }
 
 static void on_wake(uv_async_t *a) {
@@ -767,7 +765,14 @@ int rep_node_close(rep_node *n) {
         shut_down(n);
         uv_run(&n->loop, UV_RUN_DEFAULT);
     }
+    if (n->wake.loop) {
+        /* The loop ended, so nothing is left to write: the flusher is the
+         * last handle. */
+        uv_close((uv_handle_t *)&n->flusher, NULL);
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+    }
     rep__peer_free_all(n);
+    rep__exec_free(n);
     if (n->wake.loop) uv_loop_close(&n->loop);
     rep__member_free(n);
     rep__coord_free(n);

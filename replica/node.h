@@ -36,7 +36,11 @@ typedef struct rep_node_opts {
     bool handle_signals;     /* SIGINT and SIGTERM stop the node (CLI) */
     int64_t clock_offset_us; /* added to the wall clock (tests of skew) */
     uint32_t tombstone_grace_ms; /* purge a delete's tombstone after, 10000 */
-    eng_options engine;          /* the node's engine options */
+    /* A get asks R replicas (its own copy first); the others once one of
+     * those fails or after this many ms without R answers. 0: ask all N
+     * at once. Default 20. */
+    uint32_t read_hedge_ms;
+    eng_options engine; /* the node's engine options */
 } rep_node_opts;
 
 /* Defaults as above (engine defaults too). */

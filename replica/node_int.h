@@ -32,6 +32,58 @@ typedef struct req req;
 typedef struct peer peer;
 typedef struct mover mover;
 typedef struct reap reap;
+typedef struct rep_outbuf rep_outbuf;
+
+/* outbuf.c: the frames a connection sends, coalesced per loop turn.
+ * Sending a frame encodes it onto the connection's pending bytes; once per
+ * loop turn (the node's prepare handle, run right before the loop polls,
+ * so after timers, I/O and pool completions alike) every connection with
+ * pending bytes gets one uv_write of all of them, or earlier once they pass
+ * REP_OUTBUF_FLUSH_AT. Frames stay in the order they were sent. */
+#define REP_OUTBUF_FLUSH_AT (1u << 20)
+/* After each write of o completes: status 0 or a libuv error. A write that
+ * could not start is reported the same way, from the prepare handle. Never
+ * called after rep__outbuf_release. */
+typedef void (*rep__outbuf_cb)(rep_outbuf *o, int status);
+struct rep_outbuf {
+    rep_node *node;
+    uv_stream_t *stream;     /* NULL once released: nothing more is written */
+    kv_buf pending;          /* encoded frames not yet given to libuv */
+    kv_buf spare;            /* a written buffer kept for the next turn */
+    rep_outbuf *prev, *next; /* in node->dirty while a flush is due */
+    bool dirty;
+    int error;         /* a write that could not start, until reported */
+    rep__outbuf_cb cb; /* see above */
+    void *data;        /* the owner */
+};
+/* Attach o (zeroed or released) to stream s of node n. */
+void rep__outbuf_init(rep_outbuf *o, rep_node *n, uv_stream_t *s,
+                      rep__outbuf_cb cb, void *data);
+/* Queue m (encoded) on o. rep_msg_encode's codes (nothing queued), or
+ * KV_ECLOSED: o was released, or a write could not start (this frame is
+ * lost with the others of that write, and every send fails so until cb,
+ * called from the flusher, reported the write's error). */
+int rep__outbuf_send(rep_outbuf *o, const rep_msg *m);
+/* Queue bytes already encoded (whole frames). Codes as above. */
+int rep__outbuf_append(rep_outbuf *o, kv_slice bytes);
+/* Write what is pending now (a connection about to close: its last frames,
+ * an error frame, go out first). 0, or the write's error (not reported to
+ * cb: the caller handles it). */
+int rep__outbuf_flush(rep_outbuf *o);
+/* Drop what is pending and detach o from its stream: call before closing
+ * it. Writes in flight still complete (or are cancelled by the close) and
+ * free their bytes, without calling cb. Safe on a zeroed o. */
+void rep__outbuf_release(rep_outbuf *o);
+/* Bytes sent on o and not yet taken by the kernel: pending, and queued in
+ * libuv (what backpressure counts). */
+size_t rep__outbuf_queued(const rep_outbuf *o);
+/* The node's flusher (rep_node.flusher): init right after the loop. It
+ * is active only while a flush is due, so a loop with output pending
+ * neither ends nor sleeps before writing it, and an idle loop is not kept
+ * alive by it. Close it once the loop ended. */
+void rep__outbuf_loop_init(rep_node *n);
+typedef struct rep_exec rep_exec;
+typedef struct rep_job rep_job;
 
 struct rep_node {
     rep_node_opts opt;
@@ -41,6 +93,7 @@ struct rep_node {
     uint64_t actor; /* this node's id in object clocks */
     eng_db *db;
     rep_store *store;
+    rep_exec *exec;      /* engine threads (exec.c) */
     ring_cluster *state; /* the cluster as this node knows it */
     char **seeds;        /* --join addresses */
     int nseeds;
@@ -72,6 +125,12 @@ struct rep_node {
     /* coord.c: tombstones to purge, by due time */
     reap *reaps, *reaps_tail;
     uint32_t nreaps;
+    /* outbuf.c */
+    uv_prepare_t flusher; /* writes what connections queued, each turn */
+    rep_outbuf *dirty;    /* connections with a flush due */
+    /* frames queued and writes made on all connections: written on the
+     * loop, read by tests from any thread */
+    atomic_uint_fast64_t frames_out, writes_out;
 };
 
 /* A served connection. */
@@ -86,12 +145,13 @@ struct conn {
     } io;
     uv_timer_t idle;
     rep_parser parser;
-    int handles;   /* open uv handles (tcp, idle) */
-    int refs;      /* answers still to come on this connection */
-    bool hello;    /* the peer's HELLO arrived */
-    bool closing;  /* no more reads or writes */
-    bool paused;   /* reading stopped for backpressure */
-    bool draining; /* the node stops: close once replies are out */
+    rep_outbuf out; /* replies not yet written */
+    int handles;    /* open uv handles (tcp, idle) */
+    int refs;       /* answers still to come on this connection */
+    bool hello;     /* the peer's HELLO arrived */
+    bool closing;   /* no more reads or writes */
+    bool paused;    /* reading stopped for backpressure */
+    bool draining;  /* the node stops: close once replies are out */
     char member[RING_MAX_NAME + 1]; /* a node's name from its HELLO */
     char peer[96]; /* for log lines: address, then HELLO name */
 };
@@ -113,6 +173,24 @@ int rep__work(rep_node *n, void (*fn)(void *), void (*done)(void *, int),
  * the directory). Blocks: call it from the pool. */
 int rep__write_atomic(const char *dir, const char *name, const void *p,
                       size_t len);
+
+/* exec.c: replica reads and writes on the engine threads, handed over in
+ * batches (one per loop turn) and, for writes, applied as one engine
+ * write. A job's key, ctx and value must stay valid until done runs. */
+#define REP_JOB_GET 0x100 /* op.kind: rep_store_get; else a REP_STORE_OP_* */
+struct rep_job {
+    rep_job *next;
+    rep_store_op op;          /* op.rc: the result */
+    kv_buf out;               /* get: the object; update: the new object */
+    void (*done)(rep_job *j); /* on the loop, once */
+};
+int rep__exec_open(rep_node *n);
+/* Queue j (KV_ECLOSED once the node stops: then done never runs). */
+int rep__exec(rep_node *n, rep_job *j);
+/* Take no more jobs; the handles close once every done has run. */
+void rep__exec_stop(rep_node *n);
+/* After the loop ended: stop the threads. */
+void rep__exec_free(rep_node *n);
 
 /* coord.c */
 void rep__coord_start(conn *c, const rep_msg *m);

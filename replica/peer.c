@@ -8,7 +8,8 @@
  * HELLO came back. When the connection fails, every pending call fails
  * with the reason, and the next call connects again (at most one attempt
  * per RECONNECT_MS: calls in between fail at once, so a dead member costs
- * a coordinator nothing but a counted failure).
+ * a coordinator nothing but a counted failure). Calls made in one loop
+ * turn go out in one write (outbuf.c).
  *
  * Failure detector: a heartbeat timeout. Every tick pings each member;
  * anything that arrives from a member (a reply here, or a frame it sends
@@ -47,7 +48,8 @@ struct peer {
     uv_connect_t connect;
     uv_timer_t timer; /* connect deadline */
     rep_parser parser;
-    int handles; /* open handles of the current connection */
+    rep_outbuf out; /* calls not yet written, on the current connection */
+    int handles;    /* open handles of the current connection */
     uint64_t hello_id;
     call *pending[BUCKETS];
     uint32_t npending;
@@ -149,6 +151,8 @@ static void peer_drop(peer *p, int rc, const char *why) {
                 why);
     p->state = P_CLOSING;
     p->last_error = rc;
+    /* Calls not yet written fail below with the others. */
+    rep__outbuf_release(&p->out);
     uv_close((uv_handle_t *)&p->tcp, on_peer_closed);
     uv_close((uv_handle_t *)&p->timer, on_peer_closed);
     /* Fail now rather than when the handles are closed: the callers'
@@ -156,33 +160,9 @@ static void peer_drop(peer *p, int rc, const char *why) {
     fail_all(p, rc);
 }
 
-static void on_peer_written(uv_write_t *w, int status) {
-    peer *p = w->data;
-    kv_buf *b = (kv_buf *)(w + 1);
-    kv_buf_release(b);
-    kv_free(w);
+static void on_peer_written(rep_outbuf *o, int status) {
+    peer *p = o->data;
     if (status < 0) peer_drop(p, KV_ECLOSED, uv_strerror(status));
-}
-
-/* Write bytes (ownership taken) to p. */
-static int peer_write(peer *p, kv_buf *bytes) {
-    uv_write_t *w = kv_malloc(sizeof *w + sizeof(kv_buf));
-    if (!w) {
-        kv_buf_release(bytes);
-        return -ENOMEM;
-    }
-    kv_buf *b = (kv_buf *)(w + 1);
-    *b = *bytes;
-    kv_buf_init(bytes);
-    w->data = p;
-    uv_buf_t ub = uv_buf_init((char *)b->ptr, (unsigned)b->len);
-    int rc = uv_write(w, (uv_stream_t *)&p->tcp, &ub, 1, on_peer_written);
-    if (rc) {
-        kv_buf_release(b);
-        kv_free(w);
-        return KV_ECLOSED;
-    }
-    return 0;
 }
 
 static int on_peer_frame(void *arg, const rep_msg *m) {
@@ -220,11 +200,13 @@ static int on_peer_frame(void *arg, const rep_msg *m) {
         rep_parser_set_limit(&p->parser, REP_MAX_PAYLOAD);
         p->state = P_READY;
         p->queued = 0;
-        /* Send what waited for the connection. */
+        /* Send what waited for the connection (in one write). */
         for (int b = 0; b < BUCKETS; b++)
             for (call *c = p->pending[b]; c; c = c->next)
                 if (c->frame.len) {
-                    int rc = peer_write(p, &c->frame);
+                    int rc =
+                        rep__outbuf_append(&p->out, kv_buf_slice(&c->frame));
+                    kv_buf_release(&c->frame);
                     if (rc) return rc;
                 }
         return 0;
@@ -268,10 +250,7 @@ static void on_peer_connected(uv_connect_t *cr, int status) {
                  .u64 = REP_PROTO_VERSION,
                  .flags = REP_ROLE_NODE};
     h.text = kv_slice_str(p->node->name);
-    kv_buf b = KV_BUF_INIT;
-    int rc = rep_msg_encode(&h, &b);
-    if (rc == 0) rc = peer_write(p, &b);
-    kv_buf_release(&b);
+    int rc = rep__outbuf_send(&p->out, &h);
     if (rc == 0)
         rc = uv_read_start((uv_stream_t *)&p->tcp, rep__read_buf, on_peer_read);
     if (rc) peer_drop(p, rc < 0 && rc > -4096 ? rc : KV_ECLOSED, "hello");
@@ -290,6 +269,7 @@ static int peer_connect(peer *p) {
     uv_tcp_init(&n->loop, &p->tcp);
     uv_timer_init(&n->loop, &p->timer);
     p->tcp.data = p->timer.data = p->connect.data = p;
+    rep__outbuf_init(&p->out, n, (uv_stream_t *)&p->tcp, on_peer_written, p);
     p->handles = 2;
     p->state = P_CONNECTING;
     p->last_error = 0;
@@ -326,14 +306,17 @@ int rep__peer_call(rep_node *n, kv_slice name, kv_slice addr, rep_msg *m,
     if (p->state == P_IDLE && uv_now(&n->loop) - p->last_try < RECONNECT_MS &&
         p->last_error)
         return p->last_error;
-    if ((p->state == P_READY && p->tcp.write_queue_size > MAX_QUEUED) ||
+    if ((p->state == P_READY && rep__outbuf_queued(&p->out) > MAX_QUEUED) ||
         (p->state == P_CONNECTING && p->queued > MAX_QUEUED))
         return KV_EBUSY;
     call *c = kv_calloc(1, sizeof *c);
     if (!c) return -ENOMEM;
     kv_buf_init(&c->frame);
     m->id = ++n->next_call_id;
-    int rc = rep_msg_encode(m, &c->frame);
+    /* Ready: straight onto the connection's output for this turn. Else
+     * the frame waits in the call for the member's HELLO. */
+    int rc = p->state == P_READY ? rep__outbuf_send(&p->out, m)
+                                 : rep_msg_encode(m, &c->frame);
     if (rc) {
         free_call(c);
         return rc;
@@ -342,10 +325,6 @@ int rep__peer_call(rep_node *n, kv_slice name, kv_slice addr, rep_msg *m,
     c->cb = cb;
     c->arg = arg;
     if (p->state == P_IDLE && (rc = peer_connect(p)) != 0) {
-        free_call(c);
-        return rc;
-    }
-    if (p->state == P_READY && (rc = peer_write(p, &c->frame)) != 0) {
         free_call(c);
         return rc;
     }
@@ -391,6 +370,7 @@ void rep__peer_free_all(rep_node *n) {
     while (n->peers) {
         peer *p = n->peers;
         n->peers = p->next;
+        rep__outbuf_release(&p->out);
         fail_all(p, KV_ECLOSED);
         kv_free(p);
     }

@@ -93,15 +93,6 @@ static int load(rep_store *s, const okey *k, kv_slice key, dvv_set **out) {
     return rc;
 }
 
-static int store(rep_store *s, const okey *k, const dvv_set *set, bool sync,
-                 kv_buf *enc) {
-    kv_buf_reset(enc);
-    int rc = dvv_set_encode(set, enc);
-    if (rc) return rc;
-    return eng_db_put(s->db, kv_slice_make(k->p, k->len), kv_buf_slice(enc),
-                      sync ? ENG_WF_SYNC_GROUP : ENG_WF_DEFAULT);
-}
-
 int rep_store_get(rep_store *s, kv_slice key, kv_buf *out) {
     okey k;
     int rc = okey_make(&k, key);
@@ -141,85 +132,189 @@ static bool lww_beats(const dvv_set *a, const dvv_set *b) {
     return lww_cmp(&wa, &wb) > 0;
 }
 
-int rep_store_update(rep_store *s, kv_slice key, kv_slice ctx, kv_slice value,
-                     int flags, uint64_t actor, uint64_t now_us, kv_buf *out) {
+/* ---- writes: update and merge, applied in batches ---- */
+
+/* The object an update makes from old (NULL: none) into op->out; *write
+ * says whether it is to be stored (under LWW a write that loses is not,
+ * and out holds the stored object unchanged). */
+static int prep_update(rep_store_op *op, dvv_set *old, bool *write) {
     dvv_ctx *c = NULL;
-    dvv_set *old = NULL, *set = NULL;
-    okey k;
-    int rc = okey_make(&k, key);
-    if (rc) return rc;
-    if (ctx.len && (rc = dvv_ctx_decode(ctx, &c))) goto out;
-    bool tomb = flags & REP_STORE_TOMBSTONE, sync = flags & REP_STORE_SYNC;
+    dvv_set *set = NULL;
+    bool tomb = op->flags & REP_STORE_TOMBSTONE;
     dvv_value v = {.flags = tomb ? DVV_TOMBSTONE : 0,
-                   .timestamp = now_us,
-                   .bytes = tomb ? kv_slice_make(NULL, 0) : value};
-    pthread_mutex_t *mu = lock_of(s, key);
-    pthread_mutex_lock(mu);
-    rc = load(s, &k, key, &old);
-    if (rc == 0 && (flags & REP_STORE_LWW)) {
+                   .timestamp = op->now_us,
+                   .bytes = tomb ? kv_slice_make(NULL, 0) : op->value};
+    int rc = op->ctx.len ? dvv_ctx_decode(op->ctx, &c) : 0;
+    *write = false;
+    if (rc == 0 && (op->flags & REP_STORE_LWW)) {
         /* Last writer wins: the write replaces everything stored, unless
          * what is stored carries a later timestamp; then the write is
          * dropped, and nobody is told (that is the mode's contract, and
          * its failure under clock skew: docs/consistency.md). */
         dvv_sibling w;
         if (old && dvv_set_lww(old, &w) == 0 &&
-            (w.value.timestamp > now_us ||
-             (w.value.timestamp == now_us && w.actor > actor))) {
-            rc = dvv_set_encode(old, out);
-            pthread_mutex_unlock(mu);
+            (w.value.timestamp > op->now_us ||
+             (w.value.timestamp == op->now_us && w.actor > op->actor))) {
+            rc = dvv_set_encode(old, op->out);
             goto out;
         }
         dvv_ctx_free(c);
         c = NULL;
         if (old) rc = dvv_set_join(old, &c);
     }
-    if (rc == 0) rc = dvv_set_update(old, c, actor, &v, &set);
+    if (rc == 0) rc = dvv_set_update(old, c, op->actor, &v, &set);
     if (rc == 0) {
-        dvv_set_prune(set, actor);
-        rc = store(s, &k, set, sync, out);
+        dvv_set_prune(set, op->actor);
+        rc = dvv_set_encode(set, op->out);
+        *write = rc == 0;
     }
-    pthread_mutex_unlock(mu);
 out:
     dvv_ctx_free(c);
-    dvv_set_free(old);
     dvv_set_free(set);
-    okey_release(&k);
     return rc;
+}
+
+/* The object a merge of op->value into old makes, into enc; *write says
+ * whether it differs from what is stored. */
+static int prep_merge(rep_store_op *op, dvv_set *old, kv_buf *enc,
+                      bool *write) {
+    dvv_set *in = NULL, *set = NULL;
+    int rc = dvv_set_decode(op->value, &in);
+    *write = false;
+    if (rc) goto out;
+    dvv_order o = dvv_set_compare(in, old);
+    if (old && (op->flags & REP_STORE_LWW)) {
+        /* Last writer wins: keep whichever set holds the later write. */
+        if (lww_beats(in, old)) {
+            rc = dvv_set_encode(in, enc);
+            *write = rc == 0;
+        }
+    } else if (old && (o == DVV_EQUAL || o == DVV_PRECEDES)) {
+        /* Nothing new: the stored object already holds all of it. */
+    } else {
+        rc = old && o == DVV_CONCURRENT ? dvv_set_merge(in, old, &set) : 0;
+        if (rc == 0) {
+            dvv_set_prune(set ? set : in, op->actor);
+            rc = dvv_set_encode(set ? set : in, enc);
+            *write = rc == 0;
+        }
+    }
+out:
+    dvv_set_free(in);
+    dvv_set_free(set);
+    return rc;
+}
+
+static unsigned stripe_of(kv_slice key) {
+    return (unsigned)(kv_hash64(key.ptr, key.len, 0) & (STRIPES - 1));
+}
+
+/* Whether ops[0..n) has key. */
+static bool has_key(const rep_store_op *ops, size_t n, kv_slice key) {
+    for (size_t i = 0; i < n; i++)
+        if (kv_slice_eq(ops[i].key, key)) return true;
+    return false;
+}
+
+/* Apply ops[0..n), whose keys are distinct, as one engine write while
+ * holding their stripes' locks (taken in ascending order, so two groups
+ * cannot deadlock). */
+static void apply_group(rep_store *s, rep_store_op *ops, size_t n, eng_batch *b,
+                        kv_buf *enc) {
+    uint64_t want[STRIPES / 64] = {0};
+    bool sync = false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned st = stripe_of(ops[i].key);
+        want[st / 64] |= 1ull << (st % 64);
+        sync |= (ops[i].flags & REP_STORE_SYNC) != 0;
+    }
+    for (unsigned st = 0; st < STRIPES; st++)
+        if (want[st / 64] >> (st % 64) & 1) pthread_mutex_lock(&s->locks[st]);
+    eng_batch_clear(b);
+    bool added[REP_STORE_MAX_GROUP];
+    for (size_t i = 0; i < n; i++) {
+        rep_store_op *op = &ops[i];
+        dvv_set *old = NULL;
+        bool write = false;
+        okey k;
+        added[i] = false;
+        if (op->out) kv_buf_reset(op->out);
+        kv_buf_reset(enc);
+        op->rc = okey_make(&k, op->key);
+        if (op->rc) continue;
+        op->rc = load(s, &k, op->key, &old);
+        if (op->rc == 0)
+            op->rc = op->kind == REP_STORE_OP_UPDATE
+                         ? prep_update(op, old, &write)
+                         : prep_merge(op, old, enc, &write);
+        if (op->rc == 0 && write) {
+            kv_buf *v = op->kind == REP_STORE_OP_UPDATE ? op->out : enc;
+            op->rc =
+                eng_batch_put(b, kv_slice_make(k.p, k.len), kv_buf_slice(v));
+            added[i] = op->rc == 0;
+        }
+        if (op->rc && op->out) kv_buf_reset(op->out);
+        dvv_set_free(old);
+        okey_release(&k);
+    }
+    int rc =
+        eng_batch_count(b) == 0
+            ? 0
+            : eng_db_write(s->db, b, sync ? ENG_WF_SYNC_GROUP : ENG_WF_DEFAULT);
+    for (unsigned st = 0; st < STRIPES; st++)
+        if (want[st / 64] >> (st % 64) & 1) pthread_mutex_unlock(&s->locks[st]);
+    for (size_t i = 0; rc && i < n; i++) {
+        if (!added[i]) continue;
+        ops[i].rc = rc;
+        if (ops[i].out) kv_buf_reset(ops[i].out);
+    }
+}
+
+int rep_store_apply(rep_store *s, rep_store_op *ops, size_t n) {
+    eng_batch *b;
+    kv_buf enc = KV_BUF_INIT;
+    int rc = eng_batch_new(&b);
+    for (size_t i = 0; i < n; i++) ops[i].rc = rc;
+    if (rc) return rc;
+    /* Groups of distinct keys, in order: an op whose key an earlier op of
+     * the group has starts the next group, so it sees that op's write. */
+    size_t from = 0;
+    while (from < n) {
+        size_t to = from + 1;
+        while (to < n && to - from < REP_STORE_MAX_GROUP &&
+               !has_key(ops + from, to - from, ops[to].key))
+            to++;
+        apply_group(s, ops + from, to - from, b, &enc);
+        from = to;
+    }
+    kv_buf_release(&enc);
+    eng_batch_free(b);
+    return 0;
+}
+
+int rep_store_update(rep_store *s, kv_slice key, kv_slice ctx, kv_slice value,
+                     int flags, uint64_t actor, uint64_t now_us, kv_buf *out) {
+    rep_store_op op = {.kind = REP_STORE_OP_UPDATE,
+                       .key = key,
+                       .ctx = ctx,
+                       .value = value,
+                       .flags = flags,
+                       .actor = actor,
+                       .now_us = now_us,
+                       .out = out};
+    rep_store_apply(s, &op, 1);
+    return op.rc;
 }
 
 int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, int flags,
                     uint64_t self) {
-    bool sync = flags & REP_STORE_SYNC;
-    dvv_set *in = NULL, *old = NULL, *set = NULL;
-    kv_buf enc = KV_BUF_INIT;
-    okey k;
-    int rc = okey_make(&k, key);
-    if (rc) return rc;
-    if ((rc = dvv_set_decode(obj, &in))) goto out;
-    pthread_mutex_t *mu = lock_of(s, key);
-    pthread_mutex_lock(mu);
-    rc = load(s, &k, key, &old);
-    dvv_order o = rc == 0 ? dvv_set_compare(in, old) : DVV_EQUAL;
-    if (rc == 0 && old && (flags & REP_STORE_LWW)) {
-        /* Last writer wins: keep whichever set holds the later write. */
-        if (lww_beats(in, old)) rc = store(s, &k, in, sync, &enc);
-    } else if (rc == 0 && old && (o == DVV_EQUAL || o == DVV_PRECEDES)) {
-        /* Nothing new: the stored object already holds all of it. */
-    } else if (rc == 0) {
-        rc = old && o == DVV_CONCURRENT ? dvv_set_merge(in, old, &set) : 0;
-        if (rc == 0) {
-            dvv_set_prune(set ? set : in, self);
-            rc = store(s, &k, set ? set : in, sync, &enc);
-        }
-    }
-    pthread_mutex_unlock(mu);
-out:
-    dvv_set_free(in);
-    dvv_set_free(old);
-    dvv_set_free(set);
-    kv_buf_release(&enc);
-    okey_release(&k);
-    return rc;
+    rep_store_op op = {.kind = REP_STORE_OP_MERGE,
+                       .key = key,
+                       .value = obj,
+                       .flags = flags,
+                       .actor = self};
+    rep_store_apply(s, &op, 1);
+    return op.rc;
 }
 
 int rep_obj_merge(kv_slice a, kv_slice b, bool lww, kv_buf *out) {

@@ -60,6 +60,32 @@ int rep_store_update(rep_store *s, kv_slice key, kv_slice ctx, kv_slice value,
 int rep_store_merge(rep_store *s, kv_slice key, kv_slice obj, int flags,
                     uint64_t self);
 
+/* Updates and merges applied together: as few engine writes (and, when
+ * any op has REP_STORE_SYNC, fsyncs) as their keys allow. Ops on distinct
+ * keys share one write; an op whose key an earlier op already has starts
+ * the next write, so it sees that op's result, as if the ops ran one
+ * after another. Each op's result is its rc (what rep_store_update or
+ * rep_store_merge would return); an op that fails writes nothing, and a
+ * failed engine write fails every op it carried. */
+enum { REP_STORE_OP_UPDATE = 1, REP_STORE_OP_MERGE = 2 };
+#define REP_STORE_MAX_GROUP 256 /* ops in one engine write, at most */
+
+typedef struct rep_store_op {
+    int kind;       /* REP_STORE_OP_* */
+    kv_slice key;   /* the object's key */
+    kv_slice ctx;   /* update: the client's context (may be empty) */
+    kv_slice value; /* update: the value; merge: the incoming object */
+    int flags;      /* REP_STORE_* */
+    uint64_t actor; /* update: the coordinator; merge: this node (self) */
+    uint64_t now_us;
+    kv_buf *out; /* update: the new object (required); merge: unused */
+    int rc;      /* out: the op's result */
+} rep_store_op;
+
+/* Apply ops[0..n) in order; every op's rc is set. Returns -ENOMEM when
+ * nothing could start (every rc is then -ENOMEM), else 0. */
+int rep_store_apply(rep_store *s, rep_store_op *ops, size_t n);
+
 /* Two encoded objects merged into out (a coordinator merging replies):
  * their least upper bound, or under lww the one whose winner is later.
  * KV_ECORRUPT for a bad encoding, -ENOMEM, KV_ETOOLARGE. */

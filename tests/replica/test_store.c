@@ -312,3 +312,103 @@ Test(store, get_of_a_newer_version_is_eversion) {
     kv_buf_release(&ek);
     kv_buf_release(&out);
 }
+
+/* Writes applied together behave as if applied one after another: a
+ * second update of a key in the batch supersedes the first (it sees the
+ * first's result, so no sibling), a bad context fails only its own op,
+ * and ops on distinct keys share one synced engine write (one fsync). */
+Test(store, batched_writes_act_in_order_and_share_one_sync) {
+    kv_buf out[5];
+    for (int i = 0; i < 5; i++) kv_buf_init(&out[i]);
+    kv_buf other = KV_BUF_INIT;
+    OK(rep_store_update(g_st[1], S("m"), S(""), S("from-1"), 0, 22, 5, &other));
+    eng_stats before, after;
+    OK(eng_db_stats(g_db[0], &before));
+    rep_store_op ops[5] = {
+        {.kind = REP_STORE_OP_UPDATE,
+         .key = S("a"),
+         .value = S("a1"),
+         .flags = REP_STORE_SYNC,
+         .actor = 11,
+         .now_us = 1,
+         .out = &out[0]},
+        {.kind = REP_STORE_OP_UPDATE,
+         .key = S("b"),
+         .ctx = S("junk"),
+         .value = S("b1"),
+         .actor = 11,
+         .now_us = 2,
+         .out = &out[1]},
+        {.kind = REP_STORE_OP_MERGE,
+         .key = S("m"),
+         .value = kv_buf_slice(&other),
+         .actor = 11},
+        {.kind = REP_STORE_OP_UPDATE,
+         .key = S("c"),
+         .value = S("c1"),
+         .actor = 11,
+         .now_us = 3,
+         .out = &out[3]},
+        {.kind = REP_STORE_OP_UPDATE,
+         .key = S("a"),
+         .value = S("a2"),
+         .flags = REP_STORE_SYNC,
+         .actor = 11,
+         .now_us = 4,
+         .out = &out[4]},
+    };
+    /* The second update of "a" passes the first one's new object as its
+     * context, as a client that read it would: it must see that object. */
+    OK(rep_store_apply(g_st[0], ops, 3));
+    OK(ops[0].rc);
+    cr_assert_neq(ops[1].rc, 0);
+    cr_assert_eq(out[1].len, 0);
+    OK(ops[2].rc);
+    OK(eng_db_stats(g_db[0], &after));
+    cr_assert_eq(after.syncs - before.syncs, 1, "one fsync for the batch");
+    dvv_ctx *cx;
+    dvv_set *s;
+    OK(dvv_set_decode(kv_buf_slice(&out[0]), &s));
+    OK(dvv_set_join(s, &cx));
+    kv_buf ctx = KV_BUF_INIT;
+    OK(dvv_ctx_encode(cx, &ctx));
+    dvv_ctx_free(cx);
+    dvv_set_free(s);
+    ops[4].ctx = kv_buf_slice(&ctx);
+    OK(rep_store_apply(g_st[0], ops + 3, 2));
+    OK(ops[3].rc);
+    OK(ops[4].rc);
+    s = load(0, "a");
+    cr_assert_eq(dvv_set_siblings(s), 1);
+    cr_assert(holds(s, "a2"));
+    dvv_set_free(s);
+    cr_assert_null(load(0, "b"));
+    s = load(0, "m");
+    cr_assert(holds(s, "from-1"));
+    dvv_set_free(s);
+    /* An update and a merge of one key in one call: the merge must start
+     * from the update's object (had both read the old state, the merge's
+     * write would have replaced the update's: a lost write). */
+    rep_store_op twice[2] = {
+        {.kind = REP_STORE_OP_UPDATE,
+         .key = S("t"),
+         .value = S("t1"),
+         .actor = 11,
+         .now_us = 5,
+         .out = &out[0]},
+        {.kind = REP_STORE_OP_MERGE,
+         .key = S("t"),
+         .value = kv_buf_slice(&other),
+         .actor = 11},
+    };
+    OK(rep_store_apply(g_st[0], twice, 2));
+    OK(twice[0].rc);
+    OK(twice[1].rc);
+    s = load(0, "t");
+    cr_assert(holds(s, "t1") && holds(s, "from-1"),
+              "the merge saw the update made before it in the same call");
+    dvv_set_free(s);
+    kv_buf_release(&ctx);
+    kv_buf_release(&other);
+    for (int i = 0; i < 5; i++) kv_buf_release(&out[i]);
+}
