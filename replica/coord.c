@@ -602,12 +602,9 @@ static void local_call(req *rq);
  * first, then in preference-list order; a replica the failure detector
  * calls down counts as failed and the next one is asked. false when
  * every replica was asked (or the request ended). */
-static bool ask_replica(req *rq) {
+static bool ask_replica_of(req *rq, const kv_slice *names,
+                           const kv_slice *addrs, int got) {
     rep_node *n = rq->node;
-    kv_slice names[REP_MAX_N], addrs[REP_MAX_N], nn[REP_MAX_N], na[REP_MAX_N];
-    int nnext;
-    int got = rep__member_preflist(n, ring_hash(kv_buf_slice(&rq->key)), rq->n,
-                                   names, addrs, &nnext, nn, na);
     kv_slice self = kv_slice_str(n->name);
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < got && !rq->done; i++) {
@@ -635,6 +632,16 @@ static bool ask_replica(req *rq) {
         }
     }
     return false;
+}
+
+/* ask_replica_of with the key's preference list as the ring has it now
+ * (a failure or the hedge: the ring may have changed since the start). */
+static bool ask_replica(req *rq) {
+    kv_slice names[REP_MAX_N], addrs[REP_MAX_N], nn[REP_MAX_N], na[REP_MAX_N];
+    int nnext;
+    int got = rep__member_preflist(rq->node, ring_hash(kv_buf_slice(&rq->key)),
+                                   rq->n, names, addrs, &nnext, nn, na);
+    return ask_replica_of(rq, names, addrs, got);
 }
 
 /* The hedge delay passed without R answers: ask every other replica, and
@@ -790,7 +797,7 @@ void rep__coord_start(conn *c, const rep_msg *m) {
     uint32_t hedge = n->opt.read_hedge_ms;
     int ask = hedge && hedge < rq->timeout_ms ? rq->need : rq->nrep;
     for (int i = 0; i < ask && !rq->done; i++)
-        if (!ask_replica(rq)) break;
+        if (!ask_replica_of(rq, names, addrs, rq->nrep)) break;
     if (!rq->done && ask < rq->nrep) {
         uv_timer_stop(&rq->timer);
         uv_timer_start(&rq->timer, on_hedge, hedge, 0);

@@ -78,8 +78,8 @@ static void run_writes(rep_exec *x, rep_job *list) {
 
 /* Take a list of work from x's queues, under mu: every get up to
  * MAX_GETS, else writes up to REP_STORE_MAX_GROUP and MAX_WRITE_BYTES
- * (at least one). *gets says which. */
-static rep_job *take(rep_exec *x, bool *gets) {
+ * (at least one). *gets says which, *lastp is the list's last job. */
+static rep_job *take(rep_exec *x, bool *gets, rep_job **lastp) {
     rep_job **head = x->gets ? &x->gets : &x->writes;
     rep_job **tail = x->gets ? &x->gets_tail : &x->writes_tail;
     *gets = head == &x->gets;
@@ -98,6 +98,7 @@ static rep_job *take(rep_exec *x, bool *gets) {
     *head = last->next;
     if (!*head) *tail = NULL;
     last->next = NULL;
+    *lastp = last;
     return first;
 }
 
@@ -112,15 +113,13 @@ static void *exec_thread(void *arg) {
         }
         if (x->quit) break;
         bool gets;
-        rep_job *list = take(x, &gets);
+        rep_job *last, *list = take(x, &gets, &last);
         if ((x->gets || x->writes) && x->idle > 0) pthread_cond_signal(&x->cv);
         pthread_mutex_unlock(&x->mu);
         if (gets)
             run_gets(x, list);
         else
             run_writes(x, list);
-        rep_job *last = list;
-        while (last->next) last = last->next;
         pthread_mutex_lock(&x->mu);
         bool wake = x->done == NULL;
         *(x->done ? &x->done_tail->next : &x->done) = list;

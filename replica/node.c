@@ -4,14 +4,14 @@
  *
  * A served connection is freed only when its handles are closed and no
  * answer is still to come on it (refs: coordinated requests, replica
- * calls on the pool). Replies are coalesced (outbuf.c): those of one loop
- * turn go out in one write. Backpressure: a connection stops being read
- * while it has MAX_REFS answers outstanding or max_queued bytes not yet
- * written (queued for the turn's write or in libuv), and is read again
- * once both fell to half; so a client that sends faster than it reads
- * costs bounded memory. Idle connections (nothing read, no
- * answer outstanding, nothing to write) close after idle_ms.
- * Protocol and state machines: docs/protocol.md.
+ * jobs on the engine threads, reaps on the pool). Replies are coalesced
+ * (outbuf.c): those of one loop turn go out in one write. Backpressure: a
+ * connection stops being read while it has MAX_REFS answers outstanding or
+ * max_queued bytes not yet written (queued for the turn's write or in libuv),
+ * and is read again once both fell to half; so a client that sends faster than
+ * it reads costs bounded memory. Idle connections (nothing read, no answer
+ * outstanding, nothing to write) close after idle_ms. Protocol and state
+ * machines: docs/protocol.md.
  */
 #include "replica/node_int.h"
 #include "replica/client.h"
