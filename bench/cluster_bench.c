@@ -111,6 +111,8 @@ typedef struct cfg {
     uint32_t timeout_ms;
     double ready_timeout; /* seconds */
     uint64_t seed;
+    const char *node_args[8]; /* --node-arg: passed to every node started */
+    int nnode_args;
     char *to_free[8]; /* copies the endpoint lists point into */
     int nto_free;
 } cfg;
@@ -1227,7 +1229,7 @@ static int q_start(sysctx *s) {
         if (fmt_path(data, sizeof data, "%s/%s", base, name) ||
             fmt_path(logpath, sizeof logpath, "%s/%s.log", base, name))
             return -1;
-        char *argv[14];
+        char *argv[14 + KV_ARRAY_LEN(c->node_args)];
         int a = 0;
         argv[a++] = (char *)c->qbin;
         argv[a++] = "node";
@@ -1246,6 +1248,8 @@ static int q_start(sysctx *s) {
             argv[a++] = "--join";
             argv[a++] = s->ep.addr[0];
         }
+        for (int k = 0; k < c->nnode_args; k++)
+            argv[a++] = (char *)c->node_args[k];
         argv[a] = NULL;
         int slot = spawn(s->id, name, argv, logpath);
         if (slot < 0) return -1;
@@ -2092,6 +2096,9 @@ static void usage(FILE *f) {
         "  --quorumfs PATH        the quorumfs binary (default: quorumfs next\n"
         "                         to or one level above this program, else "
         "PATH)\n"
+        "  --node-arg ARG         pass ARG to every node started (repeat for\n"
+        "                         more: --node-arg=--read-hedge-ms\n"
+        "                         --node-arg=5)\n"
         "  -n N -r R -w W         quorum of every request (default 3/2/2;\n"
         "                         --nodes 1: 1/1/1; --nodes 2: 2/2/2)\n"
         "  --sync                 set REP_PUT_SYNC on every put (the node's\n"
@@ -2296,6 +2303,7 @@ static int parse_args(int argc, char **argv, cfg *c) {
                                                  "--nodes",
                                                  "--cluster",
                                                  "--quorumfs",
+                                                 "--node-arg",
                                                  "-n",
                                                  "-r",
                                                  "-w",
@@ -2428,6 +2436,11 @@ static int parse_args(int argc, char **argv, cfg *c) {
                 return bad("--distribution wants zipfian or uniform, not '%s'",
                            v);
             c->uniform = !strcmp(v, "uniform");
+        } else if (!strcmp(a, "--node-arg")) {
+            if (c->nnode_args == (int)KV_ARRAY_LEN(c->node_args))
+                return bad("at most %d --node-arg options",
+                           (int)KV_ARRAY_LEN(c->node_args));
+            c->node_args[c->nnode_args++] = v;
         } else if (!strcmp(a, "--timeout-ms")) {
             if (parse_int(v, 1, 600000, &n))
                 return bad("--timeout-ms wants 1..600000, not '%s'", v);

@@ -25,6 +25,7 @@
 #include "engine/db_int.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 typedef struct compaction {
     int level;     /* input level (0 when tiered) */
@@ -140,15 +141,42 @@ static void output_abandon(output *o) {
     o->path = NULL;
 }
 
-int eng__write_level0(eng_db *db, eng_memtable *m, eng_vedit *e) {
+/* Sleep while a paced flush is ahead of its schedule: done of total bytes
+ * should not be reached before t0 + pace_ns * done / total. */
+static void flush_pace(eng_db *db, uint64_t t0, uint64_t pace_ns, uint64_t done,
+                       uint64_t total) {
+    while (!atomic_load(&db->flush_hurry)) {
+        uint64_t due = t0 + (uint64_t)((double)pace_ns * (double)done /
+                                       (double)KV_MAX(total, 1));
+        uint64_t now = kv_now_ns();
+        if (now >= due) return;
+        /* Short naps, so a writer that starts waiting is seen soon. */
+        uint64_t ns = KV_MIN(due - now, 10000000u);
+        struct timespec ts = {0, (long)ns};
+        nanosleep(&ts, NULL);
+        eng__ctr_add(&db->c.flush_paced_us, (kv_now_ns() - now) / 1000);
+    }
+}
+
+int eng__write_level0(eng_db *db, eng_memtable *m, uint64_t pace_ns,
+                      eng_vedit *e) {
     if (eng__mem_count(m) == 0) return 0;
     eng_iiter *it = eng__mem_iter(m);
     if (!it) return -ENOMEM;
     output o = {.db = db, .edit = e, .level = 0};
     int rc = output_open(&o);
+    uint64_t t0 = kv_now_ns(), total = eng__mem_bytes(m), done = 0, next = 0;
+    uint64_t step = KV_MIN(FLUSH_PACE_STEP, total / 64 + 1);
     for (it->ops->seek_first(it); rc == 0 && it->ops->valid(it);
-         it->ops->next(it))
-        rc = eng__tb_add(o.tb, it->ops->key(it), it->ops->value(it));
+         it->ops->next(it)) {
+        kv_slice k = it->ops->key(it), v = it->ops->value(it);
+        rc = eng__tb_add(o.tb, k, v);
+        done += k.len + v.len;
+        if (pace_ns && done >= next) {
+            flush_pace(db, t0, pace_ns, done, total);
+            next = done + step;
+        }
+    }
     if (rc == 0) rc = it->ops->status(it);
     if (rc == 0)
         rc = output_finish(&o);
@@ -533,6 +561,7 @@ out:
 
 void *eng__compact_thread(void *arg) {
     eng_db *db = arg;
+    pthread_setname_np(pthread_self(), "qfs-compact");
     for (;;) {
         pthread_mutex_lock(&db->compact_mu);
         pthread_mutex_lock(&db->mu);

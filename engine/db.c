@@ -53,6 +53,7 @@ void eng_options_init(eng_options *o) {
     o->max_open_tables = 1000;
     o->mmap_reads = true;
     o->recycle_wal = true;
+    o->flush_pace_max_ms = 2000;
     o->table_bytes = 32u << 20;
     o->l0_compaction_trigger = 4;
     o->l0_slowdown_trigger = 8;
@@ -314,6 +315,19 @@ static int new_log(eng_db *db, uint64_t number, eng_logw **out) {
     return rc;
 }
 
+static size_t next_mem_limit(eng_db *db) {
+    if (!db->jitter_state)
+        db->jitter_state =
+            kv_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)db;
+    uint64_t x = db->jitter_state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    db->jitter_state = x;
+    size_t span = db->opt.memtable_bytes / 4;
+    return db->opt.memtable_bytes - (span ? (size_t)(x % span) : 0);
+}
+
 static int recover(eng_db *db, bool exists) {
     eng_memtable *mem = NULL;
     uint64_t *logs = NULL;
@@ -366,7 +380,7 @@ static int recover(eng_db *db, bool exists) {
         if (p) eng__env_unlink(p);
         kv_free(p);
     }
-    if (eng__mem_count(mem) > 0 && (rc = eng__write_level0(db, mem, &e)))
+    if (eng__mem_count(mem) > 0 && (rc = eng__write_level0(db, mem, 0, &e)))
         goto out;
     uint64_t lognum = db->log_number;
     if (!db->log) {
@@ -380,6 +394,8 @@ static int recover(eng_db *db, bool exists) {
     eng__mem_unref(mem);
     mem = NULL;
     if ((rc = eng__mem_new(&db->mem))) goto out;
+    db->mem_limit = next_mem_limit(db);
+    db->mem_born_ns = kv_now_ns();
     delete_obsolete(db, true);
 out:
     for (int i = 0; rc && !e.uncertain && i < e.nadded; i++)
@@ -495,6 +511,7 @@ int eng_db_close(eng_db *db) {
     if (!db) return 0;
     pthread_mutex_lock(&db->mu);
     db->shutting_down = true;
+    atomic_store(&db->flush_hurry, true);
     pthread_cond_broadcast(&db->work_cv);
     pthread_cond_broadcast(&db->bg_cv);
     pthread_mutex_unlock(&db->mu);
@@ -559,7 +576,7 @@ static int make_room(eng_db *db) {
             slowed = true;
             continue;
         }
-        if (eng__mem_bytes(db->mem) < db->opt.memtable_bytes) return 0;
+        if (eng__mem_bytes(db->mem) < db->mem_limit) return 0;
         bool stop = (leveled && nl0 >= db->opt.l0_stop_trigger) ||
                     debt >= db->opt.debt_stop_bytes;
         if (db->imm || stop) {
@@ -567,6 +584,7 @@ static int make_room(eng_db *db) {
              * get its error until a retry succeeds. */
             if (db->imm && db->flush_error) return db->flush_error;
             if (stop && db->bg_error) return db->bg_error;
+            if (db->imm) atomic_store(&db->flush_hurry, true);
             uint64_t t0 = kv_now_ns();
             pthread_cond_broadcast(&db->work_cv);
             timed_wait(db, &db->bg_cv, 100);
@@ -587,6 +605,16 @@ static int make_room(eng_db *db) {
         db->log_number = number;
         db->imm = db->mem;
         db->mem = m;
+        db->mem_limit = next_mem_limit(db);
+        /* The next memtable fills about as fast as this one did: imm's
+         * flush may take a quarter of that, so it runs as a trickle
+         * beside the foreground work instead of a burst that takes the
+         * CPU and the disk from it. */
+        uint64_t now = kv_now_ns();
+        db->flush_pace_ns = KV_MIN((now - db->mem_born_ns) / 4,
+                                   db->opt.flush_pace_max_ms * 1000000ull);
+        db->mem_born_ns = now;
+        atomic_store(&db->flush_hurry, false);
         pthread_cond_broadcast(&db->work_cv);
     }
 }
@@ -905,11 +933,12 @@ int eng_iter_new(eng_db *db, const eng_snapshot *snap, eng_iter **out) {
 static int flush_imm(eng_db *db) {
     eng_memtable *m = db->imm;
     uint64_t keep_log = db->log_number;
+    uint64_t pace_ns = db->flush_pace_ns;
     eng__mem_ref(m);
     pthread_mutex_unlock(&db->mu);
     eng_vedit e;
     eng__vedit_init(&e);
-    int rc = eng__write_level0(db, m, &e);
+    int rc = eng__write_level0(db, m, pace_ns, &e);
     if (rc == 0) {
         e.has_log_number = true;
         e.log_number = keep_log;
@@ -939,6 +968,7 @@ static int flush_imm(eng_db *db) {
 
 static void *flush_thread(void *arg) {
     eng_db *db = arg;
+    pthread_setname_np(pthread_self(), "qfs-flush");
     pthread_mutex_lock(&db->mu);
     while (!db->shutting_down) {
         if (!db->imm) {
@@ -984,6 +1014,9 @@ int eng_db_flush(eng_db *db) {
             db->log_number = number;
             db->imm = db->mem;
             db->mem = m;
+            db->mem_limit = next_mem_limit(db);
+            db->mem_born_ns = kv_now_ns();
+            db->flush_pace_ns = 0; /* the caller waits for it */
         } else {
             eng__mem_unref(m);
         }
@@ -1033,6 +1066,7 @@ int eng_db_stats(eng_db *db, eng_stats *s) {
     s->bloom_true_positive = atomic_load(&c->bloom_tp);
     s->stall_us = atomic_load(&c->stall_us);
     s->slowdown_us = atomic_load(&c->slowdown_us);
+    s->flush_paced_us = atomic_load(&c->flush_paced_us);
     s->flushes = atomic_load(&c->flushes);
     s->compactions = atomic_load(&c->compactions);
     s->syncs = atomic_load(&c->syncs);
@@ -1123,10 +1157,11 @@ int eng_db_stats_format(eng_db *db, kv_buf *out) {
          (double)s.index_filter_bytes / 1048576.0,
          (double)s.table_meta_bytes / 1048576.0);
     EMIT("flushes %llu, compactions %llu, wal syncs %llu, wals reused %llu, "
-         "stalled %.3f s, slowed %.3f s\n",
+         "stalled %.3f s, slowed %.3f s, flushes paced %.3f s\n",
          (unsigned long long)s.flushes, (unsigned long long)s.compactions,
          (unsigned long long)s.syncs, (unsigned long long)s.wals_reused,
-         (double)s.stall_us / 1e6, (double)s.slowdown_us / 1e6);
+         (double)s.stall_us / 1e6, (double)s.slowdown_us / 1e6,
+         (double)s.flush_paced_us / 1e6);
     if (s.bg_error) EMIT("background error   %s\n", kv_strerror(s.bg_error));
 #undef EMIT
     return 0;

@@ -143,7 +143,7 @@ typedef struct eng_counters {
     _Atomic uint64_t user_bytes, wal_bytes, flush_bytes, compact_read,
         compact_written, gets, tables_probed, bloom_checked, bloom_negative,
         bloom_fp, bloom_tp, stall_us, slowdown_us, flushes, compactions, syncs,
-        wals_reused;
+        wals_reused, flush_paced_us;
 } eng_counters;
 
 struct eng_db {
@@ -164,6 +164,11 @@ struct eng_db {
     bool threads_started;
 
     eng_memtable *mem, *imm;  /* [mu] */
+    size_t mem_limit;         /* [mu] mem is full at this size */
+    uint64_t jitter_state;    /* [mu] picks mem_limit */
+    uint64_t mem_born_ns;     /* [mu] when mem became the active memtable */
+    uint64_t flush_pace_ns;   /* [mu] imm's flush may take this long */
+    atomic_bool flush_hurry;  /* someone waits for imm's flush: no pacing */
     eng_logw *log;            /* [mu] active WAL, written by the leader */
     uint64_t log_number;      /* [mu] number of the active WAL */
     eng_version *current;     /* [mu] */
@@ -222,8 +227,14 @@ uint64_t eng__level_target(const eng_db *db, int level);
 void *eng__compact_thread(void *arg);
 int eng__compact_manual(eng_db *db, const kv_slice *begin, const kv_slice *end);
 /* Write the iterator's entries to new table(s) at level; used by flush. */
-int eng__write_level0(eng_db *db, eng_memtable *m, eng_vedit *e);
-uint64_t eng__compaction_debt(eng_db *db);   /* [mu] */
+/* Write m as a level-0 table, adding it to e. Spread over about pace_ns
+ * (0: as fast as it can) unless db->flush_hurry is set meanwhile. */
+int eng__write_level0(eng_db *db, eng_memtable *m, uint64_t pace_ns,
+                      eng_vedit *e);
+#define FLUSH_PACE_STEP                                                        \
+    (256u * 1024u)                         /* at most this many bytes between  \
+                                            * a paced flush's checks */
+uint64_t eng__compaction_debt(eng_db *db); /* [mu] */
 uint64_t eng__smallest_snapshot(eng_db *db); /* [mu] */
 
 /* db.c */

@@ -45,7 +45,15 @@ typedef struct eng_options {
     bool error_if_exists;         /* default false */
     eng_sync_mode sync;           /* default ENG_SYNC_GROUP */
     eng_compaction_style style;   /* default ENG_COMPACT_LEVELED */
-    size_t memtable_bytes;        /* default 32 MiB */
+    size_t memtable_bytes;        /* default 32 MiB; each memtable is full
+                                   * at a random 75-100% of it, so replicas
+                                   * taking the same writes do not all
+                                   * flush at the same moment */
+    uint32_t flush_pace_max_ms;   /* a flush is spread over a quarter of the
+                                   * time its memtable took to fill, at most
+                                   * this long (default 2000; 0: flush at
+                                   * full speed); a writer waiting for it
+                                   * ends the pacing */
     size_t cache_bytes;           /* block cache, default 64 MiB */
     size_t block_bytes;           /* target data block size, default 4 KiB */
     int block_restart_interval;   /* keys between restart points, default 16 */
@@ -166,6 +174,7 @@ typedef struct eng_stats {
     int level_tables[ENG_MAX_LEVELS];
     uint64_t level_bytes[ENG_MAX_LEVELS];
     uint64_t stall_us, slowdown_us; /* time writers waited on background work */
+    uint64_t flush_paced_us; /* time flushes slept to spread their work */
     uint64_t flushes, compactions;
     uint64_t syncs;       /* WAL fsyncs (group commit shares them) */
     uint64_t wals_reused; /* new WALs written over an obsolete one */

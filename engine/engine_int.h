@@ -50,6 +50,11 @@ int eng__file_append(eng_file *f, const void *p, size_t n);
 /* Read exactly n bytes at off; short read is KV_ECORRUPT (logged). */
 int eng__file_pread(eng_file *f, uint64_t off, void *buf, size_t n);
 int eng__file_sync(eng_file *f); /* fdatasync */
+/* Start writeback of [off, off + n) without waiting for it (no durability:
+ * a later eng__file_sync still makes it durable). Spreads a big file's
+ * disk writes over its writing instead of one burst at the final sync,
+ * which would queue every WAL fdatasync of the store behind it. */
+void eng__file_writeback(eng_file *f, uint64_t off, uint64_t n);
 int eng__file_truncate(eng_file *f, uint64_t size);
 void eng__file_close(eng_file *f);
 int eng__env_rename(eng_fault *f, const char *from, const char *to);

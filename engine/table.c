@@ -35,7 +35,8 @@
  * value of ENG_MAX_VALUE plus its key, and the builder cuts blocks so that
  * none exceeds this. */
 #define BLOCK_LIMIT ((size_t)ENG_MAX_VALUE + 1024u * 1024u)
-#define WRITE_CHUNK (256u * 1024u) /* builder's write buffer */
+#define WRITE_CHUNK (256u * 1024u)      /* builder's write buffer */
+#define WRITEBACK_CHUNK (1024u * 1024u) /* start writeback every 1 MiB */
 #define DEFAULT_BLOCK_BYTES 4096
 
 typedef struct handle {
@@ -107,7 +108,8 @@ struct eng_tbuilder {
     kv_buf sep;   /* scratch for index separators */
     bool pending; /* the last data block still needs its index entry */
     handle pending_h;
-    uint64_t offset; /* logical file size, buffered bytes included */
+    uint64_t offset;       /* logical file size, buffered bytes included */
+    uint64_t written_back; /* writeback started below this offset */
     eng_table_props props;
     int err; /* sticky: the first I/O or allocation failure */
     bool finished;
@@ -117,6 +119,11 @@ static int write_out(eng_tbuilder *b) {
     if (b->out.len == 0) return 0;
     int rc = eng__file_append(b->file, b->out.ptr, b->out.len);
     kv_buf_reset(&b->out);
+    uint64_t size = b->file->size;
+    if (rc == 0 && size - b->written_back >= WRITEBACK_CHUNK) {
+        eng__file_writeback(b->file, b->written_back, size - b->written_back);
+        b->written_back = size;
+    }
     return rc;
 }
 

@@ -104,6 +104,7 @@ static rep_job *take(rep_exec *x, bool *gets, rep_job **lastp) {
 
 static void *exec_thread(void *arg) {
     rep_exec *x = arg;
+    pthread_setname_np(pthread_self(), "qfs-exec");
     pthread_mutex_lock(&x->mu);
     for (;;) {
         while (!x->quit && !x->gets && !x->writes) {

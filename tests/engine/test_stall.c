@@ -164,3 +164,133 @@ Test(stall, flush_races_writers_without_hanging, .timeout = 60) {
     kv_buf_release(&v);
     cr_assert_eq(eng_db_close(db), 0);
 }
+
+/* ---- paced flushes ----
+ * A flush is spread over a quarter of the time its memtable took to fill,
+ * so it does not take the CPU and the disk from the foreground in one
+ * burst; but nobody may wait on a paced flush: a writer that needs room,
+ * and close, end the pacing. */
+
+#include <dirent.h>
+#include <time.h>
+
+static int count_logs(void) {
+    DIR *d = opendir(g_dir);
+    cr_assert_not_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        n += len > 4 && strcmp(e->d_name + len - 4, ".log") == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+static double secs_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void put_seq(eng_db *db, int i) {
+    char key[32], val[1024];
+    snprintf(key, sizeof key, "p%06d", i);
+    memset(val, 'a' + i % 26, sizeof val);
+    snprintf(val, 16, "%d", i);
+    cr_assert_eq(
+        eng_db_put(db, kv_slice_str(key), kv_slice_make(val, sizeof val), 0), 0,
+        "put %d", i);
+}
+
+static void check_seq(eng_db *db, int n) {
+    kv_buf v = KV_BUF_INIT;
+    char key[32], want[16];
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof key, "p%06d", i);
+        cr_assert_eq(eng_db_get(db, NULL, kv_slice_str(key), &v), 0, "%s", key);
+        snprintf(want, sizeof want, "%d", i);
+        cr_assert_str_eq((const char *)v.ptr, want);
+    }
+    kv_buf_release(&v);
+}
+
+/* Open a store with 64 KiB memtables and fill the first one slowly (about
+ * 2.5 s), until it is switched out: its flush is then paced over about
+ * 0.6 s. Returns the keys written; *fill is the seconds it took. */
+static int slow_fill(eng_db **db, double *fill) {
+    eng_options o;
+    eng_options_init(&o);
+    o.memtable_bytes = 64 * 1024;
+    o.flush_pace_max_ms = 60000;
+    cr_assert_eq(eng_db_open(g_dir, &o, db), 0);
+    double t0 = secs_now();
+    int n = 0;
+    while (count_logs() < 2) {
+        cr_assert_lt(n, 200, "no memtable switch after %d writes", n);
+        put_seq(*db, n++);
+        usleep(40000);
+    }
+    *fill = secs_now() - t0;
+    return n;
+}
+
+Test(stall, paced_flush_gives_way_to_a_writer_that_needs_room) {
+    eng_db *db;
+    double fill;
+    int n = slow_fill(&db, &fill);
+    double pace = fill / 4;
+    /* More than a memtable at full speed: the writer waits for the paced
+     * flush, which must then finish at full speed, not on its schedule. */
+    double t0 = secs_now();
+    for (int i = 0; i < 160; i++) put_seq(db, n++);
+    double fast = secs_now() - t0;
+    eng_stats s;
+    cr_assert_eq(eng_db_stats(db, &s), 0);
+    fprintf(stderr,
+            "stall/pace: filled in %.2f s (pace %.2f s), %d fast writes in "
+            "%.3f s, paced %.3f s, stalled %.3f s\n",
+            fill, pace, 160, fast, (double)s.flush_paced_us / 1e6,
+            (double)s.stall_us / 1e6);
+    cr_assert_geq(s.flushes, 1);
+    cr_assert_lt(fast, pace / 2, "fast writes took %.3f s, pace %.3f s", fast,
+                 pace);
+    check_seq(db, n);
+    cr_assert_eq(eng_db_close(db), 0);
+}
+
+Test(stall, paced_flush_does_not_delay_close) {
+    eng_db *db;
+    double fill;
+    int n = slow_fill(&db, &fill);
+    double t0 = secs_now();
+    cr_assert_eq(eng_db_close(db), 0);
+    double took = secs_now() - t0;
+    cr_assert_lt(took, fill / 8, "close took %.3f s, pace %.3f s", took,
+                 fill / 4);
+    eng_options o;
+    eng_options_init(&o);
+    cr_assert_eq(eng_db_open(g_dir, &o, &db), 0);
+    check_seq(db, n);
+    cr_assert_eq(eng_db_close(db), 0);
+}
+
+Test(stall, slow_writes_get_a_paced_flush) {
+    eng_db *db;
+    double fill;
+    int n = slow_fill(&db, &fill);
+    /* Keep writing slowly until the paced flush is done. */
+    eng_stats s;
+    double t0 = secs_now();
+    do {
+        put_seq(db, n++);
+        usleep(40000);
+        cr_assert_eq(eng_db_stats(db, &s), 0);
+        cr_assert_lt(secs_now() - t0, 10.0, "flush not done");
+    } while (s.flushes == 0);
+    /* It slept, and not past its schedule by much. */
+    cr_assert_gt(s.flush_paced_us, 0);
+    cr_assert_lt((double)s.flush_paced_us / 1e6, fill / 4 + 0.1);
+    check_seq(db, n);
+    cr_assert_eq(eng_db_close(db), 0);
+}
