@@ -19,5 +19,7 @@ int cli_ring(int argc, char **argv);
 int cli_leave(int argc, char **argv);
 /* quorumfs bucket [--node HOST:PORT] NAME [--lww | --siblings] */
 int cli_bucket(int argc, char **argv);
+/* quorumfs mount [--join HOST:PORT,...] [--data DIR] [-o OPTS] [-f] DIR */
+int cli_mount(int argc, char **argv);
 
 #endif

@@ -13,6 +13,10 @@ static void usage(FILE *f) {
             "usage: quorumfs [--log-level LEVEL] <command> [args]\n"
             "\n"
             "commands:\n"
+            "  mount [--join HOST:PORT,...] [--data DIR] [-o n=N,r=R,w=W,...]\n"
+            "        [-f] [--log FILE] MOUNTPOINT\n"
+            "                           mount the filesystem: an embedded\n"
+            "                           store, or the cluster of --join\n"
             "  engine demo DIR          run a sample workload on a store\n"
             "  engine put DIR KEY [VAL] store VAL (or stdin) under KEY\n"
             "  engine get DIR KEY       print KEY's value (exit 1 if absent)\n"
@@ -85,10 +89,10 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"engine", cli_engine}, {"node", cli_node},
-                {"get", cli_get},       {"put", cli_put},
-                {"del", cli_del},       {"ring", cli_ring},
-                {"leave", cli_leave},   {"bucket", cli_bucket}};
+    } cmds[] = {
+        {"engine", cli_engine}, {"node", cli_node},     {"get", cli_get},
+        {"put", cli_put},       {"del", cli_del},       {"ring", cli_ring},
+        {"leave", cli_leave},   {"bucket", cli_bucket}, {"mount", cli_mount}};
     for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++)
         if (strcmp(argv[i], cmds[c].name) == 0)
             return cmds[c].fn(argc - i - 1, argv + i + 1);

@@ -238,6 +238,10 @@ void rep_client_close(rep_client *c) {
     kv_free(c);
 }
 
+bool rep_client_broken(const rep_client *c) {
+    return c->broken != 0;
+}
+
 const char *rep_client_node(const rep_client *c) {
     return c->node;
 }

@@ -39,6 +39,8 @@ int rep_client_connect(const char *hostport, uint32_t timeout_ms,
  * on failure): HELLO within timeout_ms. rep_node_connect uses it. */
 int rep_client_open_fd(int fd, uint32_t timeout_ms, rep_client **out);
 void rep_client_close(rep_client *c);
+/* true once a connection error made c unusable (close it). */
+bool rep_client_broken(const rep_client *c);
 /* The node's name from its HELLO, valid while c lives. */
 const char *rep_client_node(const rep_client *c);
 

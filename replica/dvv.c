@@ -421,6 +421,11 @@ size_t dvv_ctx_actors(const dvv_ctx *c) {
     return ctx_or_empty(c)->n;
 }
 
+uint64_t dvv_ctx_actor(const dvv_ctx *c, size_t i) {
+    const dvv_ctx *x = ctx_or_empty(c);
+    return i < x->n ? x->evs[i].actor : 0;
+}
+
 uint64_t dvv_ctx_counter(const dvv_ctx *c, uint64_t actor) {
     return counter_of(ctx_vec(c), actor);
 }

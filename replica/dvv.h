@@ -148,6 +148,8 @@ void dvv_ctx_free(dvv_ctx *c);
 /* As dvv_set_compare, for two contexts. */
 dvv_order dvv_ctx_compare(const dvv_ctx *a, const dvv_ctx *b);
 size_t dvv_ctx_actors(const dvv_ctx *c);
+/* The i-th actor of c (ascending), 0 past the end. */
+uint64_t dvv_ctx_actor(const dvv_ctx *c, size_t i);
 uint64_t dvv_ctx_counter(const dvv_ctx *c, uint64_t actor);
 /* Append c's encoding (versioned, checksummed) to out. KV_ETOOLARGE if it
  * would exceed DVV_MAX_ENCODED, -ENOMEM; out is unchanged on failure. */

@@ -1,0 +1,1547 @@
+/*
+ * The FUSE low-level operations. Each runs on a FUSE worker thread, reads
+ * and writes objects through store.c (every call bounded by the request
+ * deadline) and replies once the store answered. Changes to one object
+ * are serialised by its node's lock; a change to a directory is a read of
+ * its object, the change, and a put with the context of that read.
+ *
+ * Names: a directory entry may have several targets (two mounts created
+ * one name at once); the entry with the highest dot is `name`, the others
+ * `name.conflict-1`, ... in dot order. (Conflicting versions of one file
+ * are shown the same way in a later change.)
+ */
+#include "fs/fs_int.h"
+
+#include "replica/dvv.h"
+
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+static qfs_fs *fs_of(fuse_req_t req) {
+    return fuse_req_userdata(req);
+}
+
+static int64_t wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static mode_t type_bits(uint8_t t) {
+    return t == FS_DIR ? S_IFDIR : t == FS_SYMLINK ? S_IFLNK : S_IFREG;
+}
+
+/* st_ino: from the id, so it is the same on every mount and across
+ * remounts; a conflict version's differs from its file's (tools compare
+ * inode numbers: mv refuses to move a file onto itself). */
+static uint64_t stable_ino(const fs_id *id, uint64_t ver) {
+    if (fs_id_is_root(id) && !ver) return FUSE_ROOT_ID;
+    uint64_t x;
+    memcpy(&x, id->b, sizeof x);
+    x ^= ver * 0x9e3779b97f4a7c15ull;
+    return x < 2 ? x + 2 : x;
+}
+
+static void fill_stat(const fs_id *id, uint64_t ver, const fs_inode *ino,
+                      struct stat *st) {
+    memset(st, 0, sizeof *st);
+    st->st_ino = stable_ino(id, ver);
+    st->st_mode = (ino->mode & 07777) | type_bits(ino->type);
+    st->st_nlink = 1; /* directories too: "count unknown", as btrfs */
+    st->st_uid = ino->uid;
+    st->st_gid = ino->gid;
+    st->st_size = (off_t)ino->size;
+    st->st_blksize = 128 * 1024;
+    st->st_blocks = (blkcnt_t)((ino->size + 511) / 512);
+    st->st_atim.tv_sec = ino->atime_ns / 1000000000;
+    st->st_atim.tv_nsec = ino->atime_ns % 1000000000;
+    st->st_mtim.tv_sec = ino->mtime_ns / 1000000000;
+    st->st_mtim.tv_nsec = ino->mtime_ns % 1000000000;
+    st->st_ctim.tv_sec = ino->ctime_ns / 1000000000;
+    st->st_ctim.tv_nsec = ino->ctime_ns % 1000000000;
+}
+
+static bool name_ok(const char *name, int *err) {
+    size_t n = strlen(name);
+    if (n > FS_NAME_MAX) {
+        *err = ENAMETOOLONG;
+        return false;
+    }
+    if (n == 0 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+        *err = EINVAL;
+        return false;
+    }
+    return true;
+}
+
+/* ---- names in a directory ---- */
+
+/* The entries of dir named name, best first (highest dot). */
+static size_t entries_of(const fs_inode *dir, const char *name,
+                         const fs_dirent **out, size_t cap) {
+    size_t n = 0, pos = 0;
+    ssize_t i;
+    while ((i = fs_dir_find(dir, name, &pos)) >= 0) {
+        const fs_dirent *e = &dir->entries[i];
+        if (strcmp(e->name, name) != 0) break;
+        if (n < cap) {
+            size_t j = n++;
+            while (j > 0 && (e->dot.counter > out[j - 1]->dot.counter ||
+                             (e->dot.counter == out[j - 1]->dot.counter &&
+                              e->dot.actor > out[j - 1]->dot.actor))) {
+                out[j] = out[j - 1];
+                j--;
+            }
+            out[j] = e;
+        }
+    }
+    return n;
+}
+
+#define MAX_SAME_NAME 64
+#define MAX_SHOWN 256 /* names shown for one name: x and its conflicts */
+
+/* What a shown name refers to: an entry's object, or (ver != 0) one of
+ * the other versions of a file with siblings. */
+typedef struct shown {
+    fs_id id;
+    uint8_t type;
+    uint64_t ver;
+    const char *name; /* the entry's own name (points into the dir) */
+    bool have_st;     /* st holds its attributes (shown_of) */
+    struct stat st;
+} shown;
+
+static void fill_stat(const fs_id *id, uint64_t ver, const fs_inode *ino,
+                      struct stat *st);
+
+/* Everything shown for the entries of name, in order: the best entry's
+ * object is `name`, then its other versions, then the next entry's
+ * object and its versions, ...: `name.conflict-1`, `-2`, ... Reads the
+ * objects of file entries that have rivals or might have versions. */
+static int shown_of(qfs_fs *fs, const fs_inode *dir, const char *name,
+                    shown *out, size_t cap, size_t *count) {
+    const fs_dirent *es[MAX_SAME_NAME];
+    size_t n = entries_of(dir, name, es, MAX_SAME_NAME), k = 0;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n && k < cap; i++) {
+        shown *first = &out[k++];
+        *first = (shown){es[i]->id, es[i]->type, 0, es[i]->name, false, {0}};
+        fs_obj o;
+        fs__obj_init(&o);
+        rc = fs__obj_get(fs, &es[i]->id, &o);
+        if (rc == KV_ENOTFOUND) {
+            rc = 0; /* a dangling name shows as one, without attributes */
+        } else if (rc == 0) {
+            fs_inode mine;
+            fs_inode_init(&mine, FS_FILE);
+            if (fs__node_open_inode(fs, &es[i]->id, &mine))
+                fill_stat(&es[i]->id, 0, &mine, &first->st);
+            else
+                fill_stat(&es[i]->id, 0, &o.ino, &first->st);
+            fs_inode_release(&mine);
+            first->have_st = true;
+        }
+        for (size_t v = 0; rc == 0 && v < o.nsib && k < cap; v++) {
+            out[k] = (shown){es[i]->id,   FS_FILE, o.sib_vers[v],
+                             es[i]->name, true,    {0}};
+            fill_stat(&es[i]->id, o.sib_vers[v], &o.sibs[v], &out[k].st);
+            k++;
+        }
+        fs__obj_release(&o);
+    }
+    *count = k;
+    return rc;
+}
+
+/* Resolve a shown name: "x" (the best entry of x) or "x.conflict-N".
+ * KV_ENOTFOUND if nothing is shown under it. */
+static int resolve(qfs_fs *fs, const fs_inode *dir, const char *name,
+                   shown *out) {
+    const fs_dirent *es[1];
+    if (entries_of(dir, name, es, 1) > 0) {
+        *out = (shown){es[0]->id, es[0]->type, 0, es[0]->name, false, {0}};
+        return 0;
+    }
+    const char *suffix = NULL;
+    for (const char *p = strstr(name, ".conflict-"); p;
+         p = strstr(p + 1, ".conflict-"))
+        suffix = p;
+    if (!suffix) return KV_ENOTFOUND;
+    char *end;
+    errno = 0;
+    long k = strtol(suffix + 10, &end, 10);
+    if (errno || *end || k < 1 || suffix[10] == '0' || suffix[10] == '+' ||
+        k >= MAX_SHOWN)
+        return KV_ENOTFOUND;
+    char base[FS_NAME_MAX + 1];
+    size_t blen = (size_t)(suffix - name);
+    if (blen == 0 || blen > FS_NAME_MAX) return KV_ENOTFOUND;
+    memcpy(base, name, blen);
+    base[blen] = 0;
+    shown *all = kv_calloc(MAX_SHOWN, sizeof *all);
+    if (!all) return -ENOMEM;
+    size_t n;
+    int rc = shown_of(fs, dir, base, all, MAX_SHOWN, &n);
+    if (rc == 0 && (size_t)k >= n) rc = KV_ENOTFOUND;
+    if (rc == 0) *out = all[k];
+    kv_free(all);
+    return rc;
+}
+
+/* The version ver of o (0: the winner), or NULL. */
+static const fs_inode *version_in(const fs_obj *o, uint64_t ver) {
+    if (ver == 0 || ver == o->ver) return &o->ino;
+    for (size_t i = 0; i < o->nsib; i++)
+        if (o->sib_vers[i] == ver) return &o->sibs[i];
+    return NULL;
+}
+
+/* ---- objects of nodes ---- */
+
+/* The current inode of nd: its open state if open here (a mount sees its
+ * own writes), else a fresh read. */
+static int node_inode(qfs_fs *fs, fs_node *nd, fs_obj *o) {
+    if (nd->file) return fs_inode_copy(&o->ino, &nd->file->obj.ino);
+    int rc = fs__obj_get(fs, &nd->id, o);
+    if (rc == 0 && nd->ver) {
+        /* A conflict version: shown while it exists. */
+        const fs_inode *v = version_in(o, nd->ver);
+        fs_inode copy;
+        if (!v) return KV_ENOTFOUND;
+        if ((rc = fs_inode_copy(&copy, v))) return rc;
+        fs_inode_release(&o->ino);
+        o->ino = copy;
+    }
+    return rc;
+}
+
+static void reply_entry(fuse_req_t req, qfs_fs *fs, const fs_id *id,
+                        uint64_t ver, const fs_inode *ino) {
+    fs_node *nd = fs__node_get(fs, id, ver, ino->type, 1);
+    if (!nd) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    struct fuse_entry_param e;
+    memset(&e, 0, sizeof e);
+    e.ino = nd->ino;
+    e.attr_timeout = fs->o.attr_timeout;
+    e.entry_timeout = fs->o.entry_timeout;
+    fill_stat(id, ver, ino, &e.attr);
+    if (fuse_reply_entry(req, &e) != 0) fs__node_forget(fs, nd, 1);
+}
+
+/* ---- lookup, getattr, setattr ---- */
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+    qfs_fs *fs = fs_of(req);
+    int err = 0;
+    if (strlen(name) > FS_NAME_MAX) {
+        fuse_reply_err(req, ENAMETOOLONG);
+        return;
+    }
+    fs_node *dn = fs__node_by_ino(fs, parent);
+    if (!dn) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    fs_obj dir, child;
+    fs__obj_init(&dir);
+    fs__obj_init(&child);
+    int rc = fs__obj_get(fs, &dn->id, &dir);
+    if (rc == 0 && dir.ino.type != FS_DIR) rc = -ENOTDIR;
+    shown e;
+    if (rc == 0) rc = resolve(fs, &dir.ino, name, &e);
+    if (rc == 0) {
+        /* Attributes as this mount sees them: its open state if open. */
+        fs_node *cn = fs__node_get(fs, &e.id, e.ver, e.type, 0);
+        if (!cn) {
+            rc = -ENOMEM;
+        } else {
+            pthread_mutex_lock(&cn->lock);
+            rc = node_inode(fs, cn, &child);
+            pthread_mutex_unlock(&cn->lock);
+            fs__node_maybe_free(fs, cn);
+        }
+    }
+    if (rc == -ENOTDIR || rc == -ENOMEM)
+        err = -rc;
+    else if (rc)
+        err = fs__errno(fs, rc, "lookup", rc == KV_ENOTFOUND ? NULL : &dn->id);
+    if (err) {
+        fuse_reply_err(req, err);
+    } else {
+        reply_entry(req, fs, &e.id, e.ver, &child.ino);
+    }
+    fs__obj_release(&child);
+    fs__obj_release(&dir);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+                       struct fuse_file_info *fi) {
+    (void)fi;
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    fs_obj o;
+    fs__obj_init(&o);
+    pthread_mutex_lock(&nd->lock);
+    int rc = node_inode(fs, nd, &o);
+    pthread_mutex_unlock(&nd->lock);
+    if (rc) {
+        fuse_reply_err(req, fs__errno(fs, rc, "getattr", &nd->id));
+    } else {
+        struct stat st;
+        fill_stat(&nd->id, nd->ver, &o.ino, &st);
+        fuse_reply_attr(req, &st, fs->o.attr_timeout);
+    }
+    fs__obj_release(&o);
+}
+
+/* Load nd's file state (nd->lock held). */
+static int file_acquire(qfs_fs *fs, fs_node *nd) {
+    if (nd->file) return 0;
+    fs_file *f = kv_calloc(1, sizeof *f);
+    if (!f) return -ENOMEM;
+    fs__obj_init(&f->obj);
+    kv_buf_init(&f->cached);
+    int rc = fs__obj_get(fs, &nd->id, &f->obj);
+    if (rc == 0 && nd->ver) {
+        /* A conflict version, read-only: its bytes only. */
+        const fs_inode *v = version_in(&f->obj, nd->ver);
+        fs_inode copy;
+        rc = v ? fs_inode_copy(&copy, v) : KV_ENOTFOUND;
+        if (rc == 0) {
+            fs_inode_release(&f->obj.ino);
+            f->obj.ino = copy;
+        }
+    }
+    if (rc) {
+        fs__file_free(f);
+        return rc;
+    }
+    nd->file = f;
+    return 0;
+}
+
+/* Drop nd's file state if nothing has it open (nd->lock held). */
+static void file_unload(fs_node *nd) {
+    if (nd->opens == 0 && nd->file && !nd->file->dirty) {
+        fs__file_free(nd->file);
+        nd->file = NULL;
+    }
+}
+
+static void apply_attrs(fs_inode *ino, const struct stat *attr, int to_set) {
+    int64_t now = wall_ns();
+    if (to_set & FUSE_SET_ATTR_MODE) ino->mode = attr->st_mode & 07777;
+    if (to_set & FUSE_SET_ATTR_UID) ino->uid = attr->st_uid;
+    if (to_set & FUSE_SET_ATTR_GID) ino->gid = attr->st_gid;
+    if (to_set & FUSE_SET_ATTR_ATIME)
+        ino->atime_ns =
+            (int64_t)attr->st_atim.tv_sec * 1000000000 + attr->st_atim.tv_nsec;
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) ino->atime_ns = now;
+    if (to_set & FUSE_SET_ATTR_MTIME)
+        ino->mtime_ns =
+            (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec;
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) ino->mtime_ns = now;
+    ino->ctime_ns = now;
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+                       int to_set, struct fuse_file_info *fi) {
+    (void)fi;
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    int rc = 0;
+    struct stat st;
+    if (nd->ver) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    pthread_mutex_lock(&nd->lock);
+    if (nd->type == FS_FILE) {
+        rc = file_acquire(fs, nd);
+        fs_file *f = nd->file;
+        if (rc == 0 && (to_set & FUSE_SET_ATTR_SIZE))
+            rc = fs__file_truncate(fs, f, (uint64_t)attr->st_size);
+        if (rc == 0) {
+            apply_attrs(&f->obj.ino, attr, to_set);
+            f->dirty = true;
+            /* An open file's change goes out with its data at flush (one
+             * version per close, not one per ftruncate or fchmod); a
+             * closed file's now. */
+            if (nd->opens == 0) rc = fs__file_writeback(fs, &nd->id, f, false);
+        }
+        if (rc == 0) fill_stat(&nd->id, 0, &f->obj.ino, &st);
+        if (nd->file) file_unload(nd);
+    } else if (to_set & FUSE_SET_ATTR_SIZE) {
+        rc = nd->type == FS_DIR ? -EISDIR : -EINVAL;
+    } else {
+        fs_obj o;
+        fs__obj_init(&o);
+        rc = fs__obj_get(fs, &nd->id, &o);
+        if (rc == 0) {
+            apply_attrs(&o.ino, attr, to_set);
+            rc = fs__obj_put(fs, &nd->id, &o.ino, kv_buf_slice(&o.ctx), false);
+        }
+        if (rc == 0) fill_stat(&nd->id, 0, &o.ino, &st);
+        fs__obj_release(&o);
+    }
+    pthread_mutex_unlock(&nd->lock);
+    if (rc == -EISDIR || rc == -EINVAL || rc == -EFBIG)
+        fuse_reply_err(req, -rc);
+    else if (rc)
+        fuse_reply_err(req, fs__errno(fs, rc, "setattr", &nd->id));
+    else
+        fuse_reply_attr(req, &st, fs->o.attr_timeout);
+}
+
+/* ---- creating and removing names ---- */
+
+static void lock_two(fs_node *a, fs_node *b) {
+    if (a == b) {
+        pthread_mutex_lock(&a->lock);
+    } else if (a->ino < b->ino) {
+        pthread_mutex_lock(&a->lock);
+        pthread_mutex_lock(&b->lock);
+    } else {
+        pthread_mutex_lock(&b->lock);
+        pthread_mutex_lock(&a->lock);
+    }
+}
+
+static void unlock_two(fs_node *a, fs_node *b) {
+    pthread_mutex_unlock(&a->lock);
+    if (a != b) pthread_mutex_unlock(&b->lock);
+}
+
+/* Read directory dn's object for a change: ENOTDIR if it is not one. */
+static int dir_get(qfs_fs *fs, fs_node *dn, fs_obj *o) {
+    int rc = fs__obj_get(fs, &dn->id, o);
+    if (rc == 0 && o->ino.type != FS_DIR) rc = -ENOTDIR;
+    return rc;
+}
+
+static int dir_put(qfs_fs *fs, fs_node *dn, fs_obj *o) {
+    o->ino.mtime_ns = o->ino.ctime_ns = wall_ns();
+    return fs__obj_put(fs, &dn->id, &o->ino, kv_buf_slice(&o->ctx), false);
+}
+
+/* Errors of name operations: plain errnos pass, store errors map. */
+static int name_err(qfs_fs *fs, int rc, const char *what, const fs_id *id) {
+    if (rc < 0 && rc > -4096) return -rc;
+    return fs__errno(fs, rc, what, id);
+}
+
+/* Make a new object of type t named name in parent, reply with its entry
+ * (and, for create, open it). */
+static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
+                        uint8_t t, mode_t mode, const char *target,
+                        struct fuse_file_info *fi) {
+    qfs_fs *fs = fs_of(req);
+    int err;
+    if (!name_ok(name, &err)) {
+        fuse_reply_err(req, err);
+        return;
+    }
+    fs_node *dn = fs__node_by_ino(fs, parent);
+    if (!dn) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    const struct fuse_ctx *cx = fuse_req_ctx(req);
+    fs_inode ino;
+    fs_inode_init(&ino, (fs_type)t);
+    int64_t now = wall_ns();
+    ino.mode = t == FS_SYMLINK ? 0777 : (mode & 07777 & ~cx->umask);
+    ino.uid = cx->uid;
+    ino.gid = cx->gid;
+    ino.atime_ns = ino.mtime_ns = ino.ctime_ns = now;
+    int rc = 0;
+    if (t == FS_SYMLINK) {
+        size_t len = strlen(target);
+        if (len > FS_SYMLINK_MAX) rc = -ENAMETOOLONG;
+        if (rc == 0) rc = kv_buf_set(&ino.data, target, len);
+        ino.size = len;
+    }
+    fs_id id;
+    fs_id_random(&id);
+    fs_obj dir;
+    fs__obj_init(&dir);
+    pthread_mutex_lock(&dn->lock);
+    if (rc == 0) rc = dir_get(fs, dn, &dir);
+    shown old;
+    if (rc == 0) {
+        rc = resolve(fs, &dir.ino, name, &old);
+        rc = rc == 0 ? -EEXIST : rc == KV_ENOTFOUND ? 0 : rc;
+    }
+    if (rc == 0 && (dir.ino.mode & S_ISGID)) {
+        ino.gid = dir.ino.gid; /* BSD group semantics under setgid */
+        if (t == FS_DIR) ino.mode |= S_ISGID;
+    }
+    /* The object first, then its name: a crash between leaves an object
+     * nothing names (reclaimable), never a name without an object. */
+    if (rc == 0) rc = fs__obj_put(fs, &id, &ino, kv_slice_make(NULL, 0), false);
+    if (rc == 0) rc = fs_dir_add(&dir.ino, name, &id, t, fs->actor);
+    if (rc == 0) rc = dir_put(fs, dn, &dir);
+    pthread_mutex_unlock(&dn->lock);
+    fs__obj_release(&dir);
+    if (rc) {
+        fuse_reply_err(req, name_err(fs, rc, "create", &dn->id));
+        fs_inode_release(&ino);
+        return;
+    }
+    fs_node *nd = fs__node_get(fs, &id, 0, t, 1);
+    if (!nd) {
+        fuse_reply_err(req, ENOMEM);
+        fs_inode_release(&ino);
+        return;
+    }
+    struct fuse_entry_param e;
+    memset(&e, 0, sizeof e);
+    e.ino = nd->ino;
+    e.attr_timeout = fs->o.attr_timeout;
+    e.entry_timeout = fs->o.entry_timeout;
+    fill_stat(&id, 0, &ino, &e.attr);
+    if (!fi) {
+        if (fuse_reply_entry(req, &e) != 0) fs__node_forget(fs, nd, 1);
+        fs_inode_release(&ino);
+        return;
+    }
+    /* create: the new file is open; its state is what was just written,
+     * whose context the next write-back will fetch (ctx_stale). */
+    fs_file *f = kv_calloc(1, sizeof *f);
+    if (!f) {
+        fuse_reply_err(req, ENOMEM);
+        fs__node_forget(fs, nd, 1);
+        fs_inode_release(&ino);
+        return;
+    }
+    fs__obj_init(&f->obj);
+    kv_buf_init(&f->cached);
+    fs_inode_release(&f->obj.ino);
+    f->obj.ino = ino; /* moved */
+    f->ctx_stale = true;
+    pthread_mutex_lock(&nd->lock);
+    if (nd->file) {
+        fs__file_free(f); /* cannot happen: the id is new */
+    } else {
+        nd->file = f;
+    }
+    nd->opens++;
+    pthread_mutex_unlock(&nd->lock);
+    fi->fh = 0;
+    if (fuse_reply_create(req, &e, fi) != 0) {
+        pthread_mutex_lock(&nd->lock);
+        nd->opens--;
+        file_unload(nd);
+        pthread_mutex_unlock(&nd->lock);
+        fs__node_forget(fs, nd, 1);
+    }
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+                     mode_t mode) {
+    make_object(req, parent, name, FS_DIR, mode, NULL, NULL);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      mode_t mode, struct fuse_file_info *fi) {
+    make_object(req, parent, name, FS_FILE, mode, NULL, fi);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+                     mode_t mode, dev_t rdev) {
+    (void)rdev;
+    if (!S_ISREG(mode)) {
+        /* Device nodes, FIFOs and sockets are not stored (docs). */
+        fuse_reply_err(req, EPERM);
+        return;
+    }
+    make_object(req, parent, name, FS_FILE, mode, NULL, NULL);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+                       const char *name) {
+    make_object(req, parent, name, FS_SYMLINK, 0777, link, NULL);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+                    const char *newname) {
+    (void)ino;
+    (void)newparent;
+    (void)newname;
+    fuse_reply_err(req, EPERM); /* no hard links (docs) */
+}
+
+/* Delete the object of a name that is gone: now, or at its last release
+ * if it is open here. */
+static int drop_object(qfs_fs *fs, const fs_id *id) {
+    fs_node *nd = fs__node_get(fs, id, 0, FS_FILE, 0);
+    if (nd) {
+        pthread_mutex_lock(&nd->lock);
+        bool open = nd->opens > 0;
+        if (open) nd->unlinked = true;
+        pthread_mutex_unlock(&nd->lock);
+        fs__node_maybe_free(fs, nd);
+        if (open) return 0;
+    }
+    fs_obj o;
+    fs__obj_init(&o);
+    int rc = fs__obj_get(fs, id, &o);
+    if (rc == 0) rc = fs__obj_del(fs, id, kv_buf_slice(&o.ctx));
+    fs__obj_release(&o);
+    return rc == KV_ENOTFOUND ? 0 : rc;
+}
+
+/* Resolve a file's versions: keep = the version that stays (0: every one
+ * but `drop`). The first kept version is written with the context of
+ * everything read, so it supersedes all; any other kept version is
+ * written again without a context, so it stays a sibling (its mtime, and
+ * so its rank, unchanged). */
+static int settle_versions(qfs_fs *fs, const fs_id *id, uint64_t keep,
+                           uint64_t drop) {
+    fs_node *nd = fs__node_get(fs, id, 0, FS_FILE, 0);
+    if (!nd) return -ENOMEM;
+    pthread_mutex_lock(&nd->lock);
+    fs_obj o;
+    fs__obj_init(&o);
+    int rc = fs__obj_get(fs, id, &o);
+    const fs_inode *first = NULL;
+    if (rc == 0) {
+        first = keep ? version_in(&o, keep)
+                     : (o.ver != drop ? &o.ino
+                        : o.nsib > 0  ? &o.sibs[0]
+                                      : NULL);
+        if (!first || (!keep && !version_in(&o, drop))) rc = KV_ENOTFOUND;
+    }
+    if (rc == 0) rc = fs__obj_put(fs, id, first, kv_buf_slice(&o.ctx), false);
+    for (size_t i = 0; rc == 0 && !keep && i <= o.nsib; i++) {
+        const fs_inode *v = i == 0 ? &o.ino : &o.sibs[i - 1];
+        uint64_t ver = i == 0 ? o.ver : o.sib_vers[i - 1];
+        if (v == first || ver == drop) continue;
+        rc = fs__obj_put(fs, id, v, kv_slice_make(NULL, 0), false);
+    }
+    if (rc == 0 && nd->file && !nd->file->dirty) {
+        fs__file_free(nd->file); /* re-read at the next open */
+        nd->file = NULL;
+        if (nd->opens > 0) rc = file_acquire(fs, nd);
+    }
+    pthread_mutex_unlock(&nd->lock);
+    fs__obj_release(&o);
+    fs__node_maybe_free(fs, nd);
+    return rc;
+}
+
+static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
+                        bool rmdir) {
+    qfs_fs *fs = fs_of(req);
+    int err;
+    if (!name_ok(name, &err)) {
+        fuse_reply_err(req, err);
+        return;
+    }
+    fs_node *dn = fs__node_by_ino(fs, parent);
+    if (!dn) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    fs_obj dir, child;
+    fs__obj_init(&dir);
+    fs__obj_init(&child);
+    fs_id cid;
+    pthread_mutex_lock(&dn->lock);
+    int rc = dir_get(fs, dn, &dir);
+    shown e;
+    if (rc == 0) rc = resolve(fs, &dir.ino, name, &e);
+    if (rc == 0) {
+        cid = e.id;
+        if (rmdir && e.type != FS_DIR) rc = -ENOTDIR;
+        if (!rmdir && e.type == FS_DIR) rc = -EISDIR;
+    }
+    if (rc == 0 && e.ver) {
+        /* name.conflict-N of a file's version: discard that version. */
+        pthread_mutex_unlock(&dn->lock);
+        rc = settle_versions(fs, &cid, 0, e.ver);
+        fuse_reply_err(req, rc ? name_err(fs, rc, "remove", &cid) : 0);
+        fs__obj_release(&dir);
+        return;
+    }
+    if (rc == 0 && rmdir) {
+        rc = fs__obj_get(fs, &cid, &child);
+        if (rc == 0 && child.ino.nentries > 0) rc = -ENOTEMPTY;
+        if (rc == KV_ENOTFOUND) rc = 0; /* a dangling name: remove it */
+    }
+    if (rc == 0) {
+        /* Remove exactly the entry shown under this name. */
+        char ename[FS_NAME_MAX + 1];
+        snprintf(ename, sizeof ename, "%s", e.name);
+        fs_dir_remove(&dir.ino, ename, &cid);
+        rc = dir_put(fs, dn, &dir);
+    }
+    pthread_mutex_unlock(&dn->lock);
+    if (rc == 0) {
+        int r2 = drop_object(fs, &cid);
+        if (r2) fs__errno(fs, r2, "delete", &cid); /* logged; name is gone */
+    }
+    fuse_reply_err(req, rc ? name_err(fs, rc, "remove", &dn->id) : 0);
+    fs__obj_release(&child);
+    fs__obj_release(&dir);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
+    remove_name(req, parent, name, false);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
+    remove_name(req, parent, name, true);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      fuse_ino_t newparent, const char *newname,
+                      unsigned int flags) {
+    qfs_fs *fs = fs_of(req);
+    int err;
+    if (!name_ok(name, &err) || !name_ok(newname, &err)) {
+        fuse_reply_err(req, err);
+        return;
+    }
+    if (flags & ~RENAME_NOREPLACE) {
+        fuse_reply_err(req, EINVAL); /* RENAME_EXCHANGE, WHITEOUT */
+        return;
+    }
+    fs_node *sn = fs__node_by_ino(fs, parent);
+    fs_node *tn = fs__node_by_ino(fs, newparent);
+    if (!sn || !tn) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    fs_obj sdir, tdir, victim;
+    fs__obj_init(&sdir);
+    fs__obj_init(&tdir);
+    fs__obj_init(&victim);
+    fs_obj *td = sn == tn ? &sdir : &tdir;
+    bool replaced = false;
+    fs_id vid, id;
+    lock_two(sn, tn);
+    int rc = dir_get(fs, sn, &sdir);
+    if (rc == 0 && sn != tn) rc = dir_get(fs, tn, &tdir);
+    shown se, te;
+    if (rc == 0) rc = resolve(fs, &sdir.ino, name, &se);
+    int trc = rc == 0 ? resolve(fs, &td->ino, newname, &te) : rc;
+    if (rc == 0 && trc != 0 && trc != KV_ENOTFOUND) rc = trc;
+    bool target = rc == 0 && trc == 0;
+    uint8_t stype = 0;
+    char sname[FS_NAME_MAX + 1];
+    if (rc == 0 && (se.ver || (target && te.ver))) {
+        /* A file's conflict version: `mv x.conflict-N x` makes it the
+         * value; anything else with versions is not a rename here (EXDEV:
+         * mv copies it instead). */
+        bool promote = se.ver && target && !te.ver &&
+                       memcmp(se.id.b, te.id.b, FS_ID_LEN) == 0;
+        unlock_two(sn, tn);
+        rc = promote ? settle_versions(fs, &se.id, se.ver, 0) : -EXDEV;
+        fuse_reply_err(req, rc ? name_err(fs, rc, "rename", &se.id) : 0);
+        fs__obj_release(&tdir);
+        fs__obj_release(&sdir);
+        return;
+    }
+    if (rc == 0) {
+        id = se.id;
+        stype = se.type;
+        snprintf(sname, sizeof sname, "%s", se.name);
+        if (target && memcmp(te.id.b, id.b, FS_ID_LEN) == 0) {
+            rc = 1; /* same object: nothing to do */
+        } else if (target) {
+            vid = te.id;
+            if (flags & RENAME_NOREPLACE)
+                rc = -EEXIST;
+            else if (te.type == FS_DIR && stype != FS_DIR)
+                rc = -EISDIR;
+            else if (te.type != FS_DIR && stype == FS_DIR)
+                rc = -ENOTDIR;
+            else if (te.type == FS_DIR) {
+                rc = fs__obj_get(fs, &vid, &victim);
+                if (rc == 0 && victim.ino.nentries > 0) rc = -ENOTEMPTY;
+                if (rc == KV_ENOTFOUND) rc = 0;
+            }
+            replaced = rc == 0;
+        }
+    }
+    char tname[FS_NAME_MAX + 1];
+    snprintf(tname, sizeof tname, "%s", target ? te.name : newname);
+    /* The new name first, then the old one goes: a failure between leaves
+     * two names for the object, never none. */
+    if (rc == 0) {
+        /* The add replaces every entry of newname this mount saw (a
+         * rival of the one shown included: `mv x.conflict-1 x` leaves
+         * one x). */
+        if (replaced) fs_dir_remove(&td->ino, tname, &vid);
+        rc = fs_dir_add(&td->ino, newname, &id, stype, fs->actor);
+    }
+    if (rc == 0 && sn != tn) rc = dir_put(fs, tn, &tdir);
+    if (rc == 0) {
+        /* Within one directory under the same name (a rival made the
+         * value), the add above already took the old entry's place. */
+        if (sn != tn || strcmp(sname, newname) != 0)
+            fs_dir_remove(&sdir.ino, sname, &id);
+        rc = dir_put(fs, sn, &sdir);
+    }
+    unlock_two(sn, tn);
+    if (rc == 1) rc = 0;
+    if (rc == 0 && replaced) {
+        int r2 = drop_object(fs, &vid);
+        if (r2) fs__errno(fs, r2, "delete", &vid);
+    }
+    fuse_reply_err(req, rc ? name_err(fs, rc, "rename", &sn->id) : 0);
+    fs__obj_release(&victim);
+    fs__obj_release(&tdir);
+    fs__obj_release(&sdir);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    fs_obj o;
+    fs__obj_init(&o);
+    int rc = fs__obj_get(fs, &nd->id, &o);
+    if (rc == 0 && o.ino.type != FS_SYMLINK) rc = -EINVAL;
+    if (rc == 0) rc = kv_buf_append(&o.ino.data, "", 1);
+    if (rc)
+        fuse_reply_err(req, name_err(fs, rc, "readlink", &nd->id));
+    else
+        fuse_reply_readlink(req, (const char *)o.ino.data.ptr);
+    fs__obj_release(&o);
+}
+
+/* ---- directories ---- */
+
+/* A directory listing as of opendir, shown names and all. */
+typedef struct fs_lentry {
+    char *name; /* as shown: x or x.conflict-N */
+    fs_id id;
+    uint64_t ver;
+    uint8_t type;
+    bool have_st;
+    struct stat st;
+} fs_lentry;
+
+typedef struct fs_listing {
+    size_t n;
+    fs_lentry *e;
+} fs_listing;
+
+static void listing_free(fs_listing *l) {
+    if (!l) return;
+    for (size_t i = 0; i < l->n; i++) kv_free(l->e[i].name);
+    kv_free(l->e);
+    kv_free(l);
+}
+
+static int listing_add(fs_listing *l, size_t *cap, const char *name,
+                       const shown *sh) {
+    if (l->n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        void *e = kv_realloc(l->e, ncap * sizeof *l->e);
+        if (!e) return -ENOMEM;
+        l->e = e;
+        *cap = ncap;
+    }
+    char *copy = kv_strdup(name);
+    if (!copy) return -ENOMEM;
+    l->e[l->n].name = copy;
+    l->e[l->n].id = sh->id;
+    l->e[l->n].ver = sh->ver;
+    l->e[l->n].type = sh->type;
+    l->e[l->n].have_st = sh->have_st;
+    l->e[l->n].st = sh->st;
+    l->n++;
+    return 0;
+}
+
+static int listing_make(qfs_fs *fs, const fs_inode *dir, fs_listing **out) {
+    fs_listing *l = kv_calloc(1, sizeof *l);
+    shown *all = kv_calloc(MAX_SHOWN, sizeof *all);
+    size_t cap = 0;
+    int rc = l && all ? 0 : -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < dir->nentries;) {
+        const char *name = dir->entries[i].name;
+        size_t same = 1;
+        while (i + same < dir->nentries &&
+               strcmp(dir->entries[i + same].name, name) == 0)
+            same++;
+        size_t n = 1;
+        rc = shown_of(fs, dir, name, all, MAX_SHOWN, &n);
+        for (size_t k = 0; rc == 0 && k < n; k++) {
+            char buf[FS_NAME_MAX + 32];
+            if (k == 0)
+                snprintf(buf, sizeof buf, "%s", name);
+            else
+                snprintf(buf, sizeof buf, "%s.conflict-%zu", name, k);
+            rc = listing_add(l, &cap, buf, &all[k]);
+        }
+        i += same;
+    }
+    kv_free(all);
+    if (rc) {
+        listing_free(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino,
+                       struct fuse_file_info *fi) {
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    fs_obj o;
+    fs__obj_init(&o);
+    fs_listing *l = NULL;
+    int rc = fs__obj_get(fs, &nd->id, &o);
+    if (rc == 0 && o.ino.type != FS_DIR) rc = -ENOTDIR;
+    if (rc == 0) rc = listing_make(fs, &o.ino, &l);
+    fs__obj_release(&o);
+    if (rc) {
+        fuse_reply_err(req, name_err(fs, rc, "opendir", &nd->id));
+        return;
+    }
+    fi->fh = (uint64_t)(uintptr_t)l;
+    if (fuse_reply_open(req, fi) != 0) listing_free(l);
+}
+
+/* readdir and readdirplus (each entry with its attributes, so ls -l
+ * needs no lookup and getattr per name; every entry handed over that way
+ * counts as a lookup of its node). Offsets: 1 ".", 2 "..", 3 + i the i-th
+ * entry of the listing. */
+static void list_entries(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                         struct fuse_file_info *fi, bool plus) {
+    qfs_fs *fs = fs_of(req);
+    fs_listing *l = (fs_listing *)(uintptr_t)fi->fh;
+    char *buf = kv_malloc(size);
+    if (!buf) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    size_t used = 0;
+    for (off_t i = off; (size_t)i < l->n + 2; i++) {
+        struct fuse_entry_param e;
+        memset(&e, 0, sizeof e);
+        const char *name = i == 0 ? "." : "..";
+        fs_node *nd = NULL;
+        if (i < 2) {
+            e.attr.st_ino = i == 0 ? ino : 1;
+            e.attr.st_mode = S_IFDIR;
+        } else {
+            const fs_lentry *le = &l->e[i - 2];
+            name = le->name;
+            e.attr.st_ino = stable_ino(&le->id, le->ver);
+            e.attr.st_mode = type_bits(le->type);
+            /* Without attributes (a dangling name) an entry goes as a
+             * plain one; the kernel looks it up if it needs to. */
+            if (plus && le->have_st) {
+                nd = fs__node_get(fs, &le->id, le->ver, le->type, 1);
+                if (!nd) break;
+                e.ino = nd->ino;
+                e.attr = le->st;
+                e.attr_timeout = fs->o.attr_timeout;
+                e.entry_timeout = fs->o.entry_timeout;
+            }
+        }
+        size_t need = plus ? fuse_add_direntry_plus(
+                                 req, buf + used, size - used, name, &e, i + 1)
+                           : fuse_add_direntry(req, buf + used, size - used,
+                                               name, &e.attr, i + 1);
+        if (need > size - used) {
+            if (nd) fs__node_forget(fs, nd, 1);
+            break;
+        }
+        used += need;
+    }
+    fuse_reply_buf(req, buf, used);
+    kv_free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi) {
+    list_entries(req, ino, size, off, fi, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+                           off_t off, struct fuse_file_info *fi) {
+    list_entries(req, ino, size, off, fi, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
+                          struct fuse_file_info *fi) {
+    (void)ino;
+    listing_free((fs_listing *)(uintptr_t)fi->fh);
+    fuse_reply_err(req, 0);
+}
+
+/* ---- files ---- */
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    int rc = 0;
+    if (nd->ver && (fi->flags & O_ACCMODE) != O_RDONLY) {
+        fuse_reply_err(req, EROFS); /* a conflict version is read-only */
+        return;
+    }
+    pthread_mutex_lock(&nd->lock);
+    if (nd->file && !nd->file->dirty) {
+        /* Close-to-open: a clean state is re-read, to see what other
+         * mounts wrote and closed since. */
+        fs__file_free(nd->file);
+        nd->file = NULL;
+    }
+    rc = file_acquire(fs, nd);
+    if (rc == 0 && nd->file->obj.ino.type == FS_DIR) rc = -EISDIR;
+    if (rc == 0 && (fi->flags & O_TRUNC) && nd->file->obj.ino.size > 0)
+        rc = fs__file_truncate(fs, nd->file, 0);
+    if (rc == 0) nd->opens++;
+    if (rc) file_unload(nd);
+    pthread_mutex_unlock(&nd->lock);
+    if (rc) {
+        fuse_reply_err(req, name_err(fs, rc, "open", &nd->id));
+        return;
+    }
+    fi->fh = 0;
+    if (fuse_reply_open(req, fi) != 0) {
+        pthread_mutex_lock(&nd->lock);
+        nd->opens--;
+        file_unload(nd);
+        pthread_mutex_unlock(&nd->lock);
+    }
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi) {
+    (void)fi;
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd || !nd->file) {
+        fuse_reply_err(req, EBADF);
+        return;
+    }
+    kv_buf out = KV_BUF_INIT;
+    pthread_mutex_lock(&nd->lock);
+    int rc = nd->file ? fs__file_read(fs, nd->file, (uint64_t)off, size, &out)
+                      : -EBADF;
+    pthread_mutex_unlock(&nd->lock);
+    if (rc)
+        fuse_reply_err(req, name_err(fs, rc, "read", &nd->id));
+    else
+        fuse_reply_buf(req, (const char *)out.ptr, out.len);
+    kv_buf_release(&out);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+                     size_t size, off_t off, struct fuse_file_info *fi) {
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, EBADF);
+        return;
+    }
+    pthread_mutex_lock(&nd->lock);
+    int rc = -EBADF;
+    if (nd->file) {
+        uint64_t at =
+            (fi->flags & O_APPEND) ? nd->file->obj.ino.size : (uint64_t)off;
+        rc = fs__file_write(fs, nd->file, at, buf, size);
+    }
+    pthread_mutex_unlock(&nd->lock);
+    if (rc)
+        fuse_reply_err(req, name_err(fs, rc, "write", &nd->id));
+    else
+        fuse_reply_write(req, size);
+}
+
+static int writeback(qfs_fs *fs, fs_node *nd, bool sync) {
+    pthread_mutex_lock(&nd->lock);
+    int rc = nd->file ? fs__file_writeback(fs, &nd->id, nd->file, sync) : 0;
+    pthread_mutex_unlock(&nd->lock);
+    return rc;
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino,
+                     struct fuse_file_info *fi) {
+    (void)fi;
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    int rc = nd ? writeback(fs, nd, false) : 0;
+    fuse_reply_err(req, rc ? name_err(fs, rc, "flush", &nd->id) : 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+                     struct fuse_file_info *fi) {
+    (void)datasync;
+    (void)fi;
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    int rc = nd ? writeback(fs, nd, true) : 0;
+    fuse_reply_err(req, rc ? name_err(fs, rc, "fsync", &nd->id) : 0);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino,
+                       struct fuse_file_info *fi) {
+    (void)fi;
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, 0);
+        return;
+    }
+    pthread_mutex_lock(&nd->lock);
+    int rc = 0;
+    bool drop = false;
+    if (nd->opens > 0) nd->opens--;
+    if (nd->opens == 0 && nd->file) {
+        if (!nd->unlinked)
+            rc = fs__file_writeback(fs, &nd->id, nd->file, false);
+        if (rc) fs__errno(fs, rc, "write-back at release", &nd->id);
+        drop = nd->unlinked;
+        nd->file->dirty = false; /* release cannot report; logged above */
+        file_unload(nd);
+        nd->unlinked = false;
+    }
+    pthread_mutex_unlock(&nd->lock);
+    if (drop) {
+        fs_obj o;
+        fs__obj_init(&o);
+        int r2 = fs__obj_get(fs, &nd->id, &o);
+        if (r2 == 0) r2 = fs__obj_del(fs, &nd->id, kv_buf_slice(&o.ctx));
+        if (r2 && r2 != KV_ENOTFOUND) fs__errno(fs, r2, "delete", &nd->id);
+        fs__obj_release(&o);
+    }
+    fs__node_maybe_free(fs, nd);
+    fuse_reply_err(req, 0);
+}
+
+/* ---- the rest ---- */
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (nd) fs__node_forget(fs, nd, nlookup);
+    fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count,
+                            struct fuse_forget_data *forgets) {
+    qfs_fs *fs = fs_of(req);
+    for (size_t i = 0; i < count; i++) {
+        fs_node *nd = fs__node_by_ino(fs, forgets[i].ino);
+        if (nd) fs__node_forget(fs, nd, forgets[i].nlookup);
+    }
+    fuse_reply_none(req);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
+    (void)ino;
+    /* The cluster's capacity is not known here; report a large, fixed
+     * amount so tools that check free space proceed (docs). */
+    struct statvfs sv;
+    memset(&sv, 0, sizeof sv);
+    sv.f_bsize = 4096;
+    sv.f_frsize = 4096;
+    sv.f_blocks = 1ull << 32;
+    sv.f_bfree = 1ull << 31;
+    sv.f_bavail = 1ull << 31;
+    sv.f_files = 1ull << 32;
+    sv.f_ffree = 1ull << 31;
+    sv.f_favail = 1ull << 31;
+    sv.f_namemax = FS_NAME_MAX;
+    fuse_reply_statfs(req, &sv);
+}
+
+#define QFS_XATTR "user.quorumfs."
+#define QFS_XATTR_VCLOCK "user.quorumfs.vclock"
+#define QFS_XATTR_SIBLINGS "user.quorumfs.siblings"
+
+/* The read-only xattrs that show a file's causal state: its context as
+ * "actor:counter" pairs (actors in hex), and how many versions it has. */
+static int qfs_xattr(qfs_fs *fs, fs_node *nd, const char *name, kv_buf *out) {
+    fs_obj o;
+    fs__obj_init(&o);
+    dvv_ctx *ctx = NULL;
+    int rc = fs__obj_get(fs, &nd->id, &o);
+    if (rc == 0 && strcmp(name, QFS_XATTR_SIBLINGS) == 0) {
+        char buf[32];
+        int n = snprintf(buf, sizeof buf, "%zu", o.nsib + 1);
+        rc = kv_buf_set(out, buf, (size_t)n);
+    } else if (rc == 0) {
+        rc = dvv_ctx_decode(kv_buf_slice(&o.ctx), &ctx);
+        kv_buf_reset(out);
+        for (size_t i = 0; rc == 0 && i < dvv_ctx_actors(ctx); i++) {
+            char buf[64];
+            uint64_t a = dvv_ctx_actor(ctx, i);
+            int n = snprintf(buf, sizeof buf, "%s%016llx:%llu", i ? "," : "",
+                             (unsigned long long)a,
+                             (unsigned long long)dvv_ctx_counter(ctx, a));
+            rc = kv_buf_append(out, buf, (size_t)n);
+        }
+    }
+    dvv_ctx_free(ctx);
+    fs__obj_release(&o);
+    return rc;
+}
+
+static bool xattr_name_ok(const char *name, int *err) {
+    if (strncmp(name, "user.", 5) != 0) {
+        *err = ENOTSUP;
+        return false;
+    }
+    if (strlen(name) > FS_XATTR_NAME_MAX) {
+        *err = ERANGE;
+        return false;
+    }
+    return true;
+}
+
+static ssize_t xattr_find(const fs_inode *ino, const char *name) {
+    for (size_t i = 0; i < ino->nxattrs; i++)
+        if (strcmp(ino->xattrs[i].name, name) == 0) return (ssize_t)i;
+    return -1;
+}
+
+/* Change an object's xattrs: set value (remove when value is NULL). */
+static int xattr_change(qfs_fs *fs, fs_node *nd, const char *name,
+                        const char *value, size_t size, int flags) {
+    if (strncmp(name, QFS_XATTR, strlen(QFS_XATTR)) == 0) return -EPERM;
+    if (nd->ver) return -EROFS;
+    fs_obj tmp;
+    fs__obj_init(&tmp);
+    pthread_mutex_lock(&nd->lock);
+    int rc = 0;
+    fs_inode *ino;
+    if (nd->type == FS_FILE) {
+        rc = file_acquire(fs, nd);
+        ino = rc == 0 ? &nd->file->obj.ino : NULL;
+    } else {
+        rc = fs__obj_get(fs, &nd->id, &tmp);
+        ino = &tmp.ino;
+    }
+    ssize_t at = rc == 0 ? xattr_find(ino, name) : -1;
+    if (rc == 0) {
+        if (!value && at < 0)
+            rc = -ENODATA;
+        else if (value && at >= 0 && (flags & XATTR_CREATE))
+            rc = -EEXIST;
+        else if (value && at < 0 && (flags & XATTR_REPLACE))
+            rc = -ENODATA;
+    }
+    if (rc == 0 && value) {
+        size_t total = size + strlen(name);
+        for (size_t i = 0; i < ino->nxattrs; i++)
+            if ((ssize_t)i != at)
+                total += ino->xattrs[i].value.len + strlen(ino->xattrs[i].name);
+        if (size > FS_XATTR_VALUE_MAX || total > FS_XATTR_TOTAL_MAX)
+            rc = -ENOSPC;
+    }
+    if (rc == 0 && value && at < 0) {
+        fs_xattr *x = kv_realloc(ino->xattrs, (ino->nxattrs + 1) * sizeof *x);
+        char *copy = kv_strdup(name);
+        if (!x || !copy) {
+            if (x) ino->xattrs = x;
+            kv_free(copy);
+            rc = -ENOMEM;
+        } else {
+            ino->xattrs = x;
+            x[ino->nxattrs].name = copy;
+            kv_buf_init(&x[ino->nxattrs].value);
+            at = (ssize_t)ino->nxattrs++;
+        }
+    }
+    if (rc == 0 && value) rc = kv_buf_set(&ino->xattrs[at].value, value, size);
+    if (rc == 0 && !value) {
+        kv_free(ino->xattrs[at].name);
+        kv_buf_release(&ino->xattrs[at].value);
+        memmove(&ino->xattrs[at], &ino->xattrs[at + 1],
+                (ino->nxattrs - (size_t)at - 1) * sizeof *ino->xattrs);
+        ino->nxattrs--;
+    }
+    if (rc == 0) {
+        ino->ctime_ns = wall_ns();
+        if (nd->type == FS_FILE) {
+            nd->file->dirty = true;
+            rc = fs__file_writeback(fs, &nd->id, nd->file, false);
+            file_unload(nd);
+        } else {
+            rc = fs__obj_put(fs, &nd->id, ino, kv_buf_slice(&tmp.ctx), false);
+        }
+    } else if (nd->file) {
+        file_unload(nd);
+    }
+    pthread_mutex_unlock(&nd->lock);
+    fs__obj_release(&tmp);
+    return rc;
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                        const char *value, size_t size, int flags) {
+    qfs_fs *fs = fs_of(req);
+    int err;
+    if (!xattr_name_ok(name, &err)) {
+        fuse_reply_err(req, err);
+        return;
+    }
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    int rc = xattr_change(fs, nd, name, value ? value : "", size, flags);
+    fuse_reply_err(req, rc ? name_err(fs, rc, "setxattr", &nd->id) : 0);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
+    qfs_fs *fs = fs_of(req);
+    int err;
+    if (!xattr_name_ok(name, &err)) {
+        fuse_reply_err(req, err);
+        return;
+    }
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    int rc = xattr_change(fs, nd, name, NULL, 0, 0);
+    fuse_reply_err(req, rc ? name_err(fs, rc, "removexattr", &nd->id) : 0);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+                        size_t size) {
+    qfs_fs *fs = fs_of(req);
+    int err;
+    if (!xattr_name_ok(name, &err)) {
+        fuse_reply_err(req, err == ENOTSUP ? ENODATA : err);
+        return;
+    }
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    if (!strcmp(name, QFS_XATTR_VCLOCK) || !strcmp(name, QFS_XATTR_SIBLINGS)) {
+        kv_buf v = KV_BUF_INIT;
+        int rc = qfs_xattr(fs, nd, name, &v);
+        if (rc)
+            fuse_reply_err(req, name_err(fs, rc, "getxattr", &nd->id));
+        else if (size == 0)
+            fuse_reply_xattr(req, v.len);
+        else if (size < v.len)
+            fuse_reply_err(req, ERANGE);
+        else
+            fuse_reply_buf(req, (const char *)v.ptr, v.len);
+        kv_buf_release(&v);
+        return;
+    }
+    fs_obj o;
+    fs__obj_init(&o);
+    pthread_mutex_lock(&nd->lock);
+    int rc = node_inode(fs, nd, &o);
+    pthread_mutex_unlock(&nd->lock);
+    ssize_t at = rc == 0 ? xattr_find(&o.ino, name) : -1;
+    if (rc)
+        fuse_reply_err(req, name_err(fs, rc, "getxattr", &nd->id));
+    else if (at < 0)
+        fuse_reply_err(req, ENODATA);
+    else if (size == 0)
+        fuse_reply_xattr(req, o.ino.xattrs[at].value.len);
+    else if (size < o.ino.xattrs[at].value.len)
+        fuse_reply_err(req, ERANGE);
+    else
+        fuse_reply_buf(req, (const char *)o.ino.xattrs[at].value.ptr,
+                       o.ino.xattrs[at].value.len);
+    fs__obj_release(&o);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+    qfs_fs *fs = fs_of(req);
+    fs_node *nd = fs__node_by_ino(fs, ino);
+    if (!nd) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    fs_obj o;
+    fs__obj_init(&o);
+    kv_buf list = KV_BUF_INIT;
+    pthread_mutex_lock(&nd->lock);
+    int rc = node_inode(fs, nd, &o);
+    pthread_mutex_unlock(&nd->lock);
+    for (size_t i = 0; rc == 0 && i < o.ino.nxattrs; i++)
+        rc = kv_buf_append(&list, o.ino.xattrs[i].name,
+                           strlen(o.ino.xattrs[i].name) + 1);
+    if (rc)
+        fuse_reply_err(req, name_err(fs, rc, "listxattr", &nd->id));
+    else if (size == 0)
+        fuse_reply_xattr(req, list.len);
+    else if (size < list.len)
+        fuse_reply_err(req, ERANGE);
+    else
+        fuse_reply_buf(req, (const char *)list.ptr, list.len);
+    kv_buf_release(&list);
+    fs__obj_release(&o);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn) {
+    (void)userdata;
+    if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+        conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+    conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+    conn->max_write = 1024 * 1024;
+}
+
+static const struct fuse_lowlevel_ops ops = {
+    .init = op_init,
+    .lookup = op_lookup,
+    .forget = op_forget,
+    .forget_multi = op_forget_multi,
+    .getattr = op_getattr,
+    .setattr = op_setattr,
+    .readlink = op_readlink,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .unlink = op_unlink,
+    .rmdir = op_rmdir,
+    .symlink = op_symlink,
+    .rename = op_rename,
+    .link = op_link,
+    .open = op_open,
+    .read = op_read,
+    .write = op_write,
+    .flush = op_flush,
+    .release = op_release,
+    .fsync = op_fsync,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .readdirplus = op_readdirplus,
+    .releasedir = op_releasedir,
+    .statfs = op_statfs,
+    .setxattr = op_setxattr,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .removexattr = op_removexattr,
+    .create = op_create,
+};
+
+const struct fuse_lowlevel_ops *qfs_fs_ops(void) {
+    return &ops;
+}
+
+/* ---- open and close ---- */
+
+void qfs_fs_opts_init(qfs_fs_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->volume = "qfs";
+    o->timeout_ms = 5000;
+    o->attr_timeout = 1.0;
+    o->entry_timeout = 1.0;
+}
+
+int qfs_fs_open(const qfs_fs_opts *o, qfs_fs **out) {
+    *out = NULL;
+    if (!o->connect || !o->volume || !*o->volume ||
+        strlen(o->volume) >= sizeof((qfs_fs *)0)->volume ||
+        strchr(o->volume, '/'))
+        return -EINVAL;
+    qfs_fs *fs = kv_calloc(1, sizeof *fs);
+    if (!fs) return -ENOMEM;
+    fs->o = *o;
+    snprintf(fs->volume, sizeof fs->volume, "%s", o->volume);
+    fs->o.volume = fs->volume;
+    pthread_mutex_init(&fs->pool_mu, NULL);
+    pthread_mutex_init(&fs->mu, NULL);
+    fs->next_ino = 2;
+    while (getrandom(&fs->actor, sizeof fs->actor, 0) < 0) {
+        if (errno != EINTR) {
+            kv_free(fs);
+            return -errno;
+        }
+    }
+    /* The root directory: made by the first mount of a volume. Two first
+     * mounts at once make two siblings, which merge. */
+    fs_id root;
+    memset(&root, 0, sizeof root);
+    fs_obj r;
+    fs__obj_init(&r);
+    int rc = fs__obj_get(fs, &root, &r);
+    if (rc == KV_ENOTFOUND) {
+        fs_inode ino;
+        fs_inode_init(&ino, FS_DIR);
+        ino.mode = 0755;
+        ino.uid = getuid();
+        ino.gid = getgid();
+        ino.atime_ns = ino.mtime_ns = ino.ctime_ns = wall_ns();
+        rc = fs__obj_put(fs, &root, &ino, kv_slice_make(NULL, 0), true);
+        fs_inode_release(&ino);
+    } else if (rc == 0 && r.ino.type != FS_DIR) {
+        kv_error(FS_MOD, "volume '%s': the root object is not a directory",
+                 fs->volume);
+        rc = KV_ECORRUPT;
+    }
+    fs__obj_release(&r);
+    if (rc == 0 && !fs__node_get(fs, &root, 0, FS_DIR, 1)) rc = -ENOMEM;
+    if (rc) {
+        kv_error(FS_MOD, "volume '%s': cannot read or make the root: %s",
+                 fs->volume, kv_strerror(rc));
+        qfs_fs_close(fs);
+        return rc;
+    }
+    *out = fs;
+    return 0;
+}
+
+int qfs_fs_close(qfs_fs *fs) {
+    if (!fs) return 0;
+    int first = 0;
+    for (size_t h = 0; h < FS_NODE_BUCKETS; h++) {
+        for (fs_node *nd = fs->by_id[h]; nd; nd = nd->next_id) {
+            if (!nd->file) continue;
+            int rc = fs__file_writeback(fs, &nd->id, nd->file, true);
+            if (rc && !first) first = rc;
+            fs__file_free(nd->file);
+            nd->file = NULL;
+        }
+    }
+    fs__nodes_free(fs);
+    fs__pool_close(fs);
+    pthread_mutex_destroy(&fs->mu);
+    pthread_mutex_destroy(&fs->pool_mu);
+    kv_free(fs);
+    return first;
+}
