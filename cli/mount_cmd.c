@@ -202,6 +202,7 @@ static int run(mount_cfg *m, int ready_fd) {
     struct fuse_args args = FUSE_ARGS_INIT(2, fargv);
     se = fuse_session_new(&args, qfs_fs_ops(), sizeof(struct fuse_lowlevel_ops),
                           fs);
+    fuse_opt_free_args(&args);
     if (!se) {
         snprintf(msg, sizeof msg, "bad FUSE options '%s'", optbuf + 2);
         goto out;
@@ -316,8 +317,12 @@ int cli_mount(int argc, char **argv) {
                             "store; with --join the nodes hold the data\n");
             return 2;
         }
-        char *list = kv_strdup(m.join);
-        if (!list) return 2;
+        static char list[MAX_ENDPOINTS * 64];
+        if (strlen(m.join) >= sizeof list) {
+            fprintf(stderr, "quorumfs mount: --join list too long\n");
+            return 2;
+        }
+        snprintf(list, sizeof list, "%s", m.join);
         for (char *save = NULL, *e = strtok_r(list, ",", &save); e;
              e = strtok_r(NULL, ",", &save)) {
             if (m.nendpoints == MAX_ENDPOINTS) {

@@ -264,11 +264,20 @@ int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
         if (rc) return rc;
         f->ctx_stale = false;
     }
-    rc = fs__obj_put(fs, id, &f->obj.ino, kv_buf_slice(&f->obj.ctx), sync);
+    kv_buf nc = KV_BUF_INIT;
+    rc = fs__obj_put(fs, id, &f->obj.ino, kv_buf_slice(&f->obj.ctx), sync, &nc);
     if (rc == 0) {
         f->dirty = false;
-        f->ctx_stale = true;
+        /* The put's context covers this write: the next one supersedes
+         * it. Without one (other versions remain), read before then. */
+        f->ctx_stale = nc.len == 0;
+        if (nc.len) {
+            kv_buf_release(&f->obj.ctx);
+            f->obj.ctx = nc;
+            kv_buf_init(&nc);
+        }
     }
+    kv_buf_release(&nc);
     return rc;
 }
 

@@ -400,7 +400,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
         rc = fs__obj_get(fs, &nd->id, &o);
         if (rc == 0) {
             apply_attrs(&o.ino, attr, to_set);
-            rc = fs__obj_put(fs, &nd->id, &o.ino, kv_buf_slice(&o.ctx), false);
+            rc = fs__obj_put(fs, &nd->id, &o.ino, kv_buf_slice(&o.ctx), false,
+                             NULL);
         }
         if (rc == 0) fill_stat(&nd->id, 0, &o.ino, &st);
         fs__obj_release(&o);
@@ -442,7 +443,8 @@ static int dir_get(qfs_fs *fs, fs_node *dn, fs_obj *o) {
 
 static int dir_put(qfs_fs *fs, fs_node *dn, fs_obj *o) {
     o->ino.mtime_ns = o->ino.ctime_ns = wall_ns();
-    return fs__obj_put(fs, &dn->id, &o->ino, kv_buf_slice(&o->ctx), false);
+    return fs__obj_put(fs, &dn->id, &o->ino, kv_buf_slice(&o->ctx), false,
+                       NULL);
 }
 
 /* Errors of name operations: plain errnos pass, store errors map. */
@@ -499,12 +501,15 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     }
     /* The object first, then its name: a crash between leaves an object
      * nothing names (reclaimable), never a name without an object. */
-    if (rc == 0) rc = fs__obj_put(fs, &id, &ino, kv_slice_make(NULL, 0), false);
+    kv_buf newctx = KV_BUF_INIT;
+    if (rc == 0)
+        rc = fs__obj_put(fs, &id, &ino, kv_slice_make(NULL, 0), false, &newctx);
     if (rc == 0) rc = fs_dir_add(&dir.ino, name, &id, t, fs->actor);
     if (rc == 0) rc = dir_put(fs, dn, &dir);
     pthread_mutex_unlock(&dn->lock);
     fs__obj_release(&dir);
     if (rc) {
+        kv_buf_release(&newctx);
         fuse_reply_err(req, name_err(fs, rc, "create", &dn->id));
         fs_inode_release(&ino);
         return;
@@ -513,6 +518,7 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     if (!nd) {
         fuse_reply_err(req, ENOMEM);
         fs_inode_release(&ino);
+        kv_buf_release(&newctx);
         return;
     }
     struct fuse_entry_param e;
@@ -521,25 +527,27 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     e.attr_timeout = fs->o.attr_timeout;
     e.entry_timeout = fs->o.entry_timeout;
     fill_stat(&id, 0, &ino, &e.attr);
-    if (!fi) {
-        if (fuse_reply_entry(req, &e) != 0) fs__node_forget(fs, nd, 1);
+    fs_file *f = fi ? kv_calloc(1, sizeof *f) : NULL;
+    if (!f) {
+        if (!fi && fuse_reply_entry(req, &e) != 0) fs__node_forget(fs, nd, 1);
+        if (fi) {
+            fuse_reply_err(req, ENOMEM);
+            fs__node_forget(fs, nd, 1);
+        }
         fs_inode_release(&ino);
+        kv_buf_release(&newctx);
         return;
     }
     /* create: the new file is open; its state is what was just written,
-     * whose context the next write-back will fetch (ctx_stale). */
-    fs_file *f = kv_calloc(1, sizeof *f);
-    if (!f) {
-        fuse_reply_err(req, ENOMEM);
-        fs__node_forget(fs, nd, 1);
-        fs_inode_release(&ino);
-        return;
-    }
+     * with the context that put returned. */
     fs__obj_init(&f->obj);
     kv_buf_init(&f->cached);
     fs_inode_release(&f->obj.ino);
     f->obj.ino = ino; /* moved */
-    f->ctx_stale = true;
+    kv_buf_release(&f->obj.ctx);
+    f->obj.ctx = newctx; /* moved */
+    f->obj.have_ctx = newctx.len > 0;
+    f->ctx_stale = newctx.len == 0;
     pthread_mutex_lock(&nd->lock);
     if (nd->file) {
         fs__file_free(f); /* cannot happen: the id is new */
@@ -633,12 +641,13 @@ static int settle_versions(qfs_fs *fs, const fs_id *id, uint64_t keep,
                                       : NULL);
         if (!first || (!keep && !version_in(&o, drop))) rc = KV_ENOTFOUND;
     }
-    if (rc == 0) rc = fs__obj_put(fs, id, first, kv_buf_slice(&o.ctx), false);
+    if (rc == 0)
+        rc = fs__obj_put(fs, id, first, kv_buf_slice(&o.ctx), false, NULL);
     for (size_t i = 0; rc == 0 && !keep && i <= o.nsib; i++) {
         const fs_inode *v = i == 0 ? &o.ino : &o.sibs[i - 1];
         uint64_t ver = i == 0 ? o.ver : o.sib_vers[i - 1];
         if (v == first || ver == drop) continue;
-        rc = fs__obj_put(fs, id, v, kv_slice_make(NULL, 0), false);
+        rc = fs__obj_put(fs, id, v, kv_slice_make(NULL, 0), false, NULL);
     }
     if (rc == 0 && nd->file && !nd->file->dirty) {
         fs__file_free(nd->file); /* re-read at the next open */
@@ -1028,7 +1037,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     }
     rc = file_acquire(fs, nd);
     if (rc == 0 && nd->file->obj.ino.type == FS_DIR) rc = -EISDIR;
-    if (rc == 0 && (fi->flags & O_TRUNC) && nd->file->obj.ino.size > 0)
+    /* O_TRUNC marks mtime and ctime even when the file is already empty
+     * (POSIX, and what ext4 does). */
+    if (rc == 0 && (fi->flags & O_TRUNC))
         rc = fs__file_truncate(fs, nd->file, 0);
     if (rc == 0) nd->opens++;
     if (rc) file_unload(nd);
@@ -1300,7 +1311,8 @@ static int xattr_change(qfs_fs *fs, fs_node *nd, const char *name,
             rc = fs__file_writeback(fs, &nd->id, nd->file, false);
             file_unload(nd);
         } else {
-            rc = fs__obj_put(fs, &nd->id, ino, kv_buf_slice(&tmp.ctx), false);
+            rc = fs__obj_put(fs, &nd->id, ino, kv_buf_slice(&tmp.ctx), false,
+                             NULL);
         }
     } else if (nd->file) {
         file_unload(nd);
@@ -1507,7 +1519,7 @@ int qfs_fs_open(const qfs_fs_opts *o, qfs_fs **out) {
         ino.uid = getuid();
         ino.gid = getgid();
         ino.atime_ns = ino.mtime_ns = ino.ctime_ns = wall_ns();
-        rc = fs__obj_put(fs, &root, &ino, kv_slice_make(NULL, 0), true);
+        rc = fs__obj_put(fs, &root, &ino, kv_slice_make(NULL, 0), true, NULL);
         fs_inode_release(&ino);
     } else if (rc == 0 && r.ino.type != FS_DIR) {
         kv_error(FS_MOD, "volume '%s': the root object is not a directory",

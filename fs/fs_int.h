@@ -40,7 +40,8 @@ typedef struct fs_dchunk {
 typedef struct fs_file {
     fs_obj obj;         /* attributes, data or manifest, context */
     bool dirty;         /* obj.ino changed since it was read or written */
-    bool ctx_stale;     /* obj.ctx predates our own last put */
+    bool ctx_stale;     /* obj.ctx predates our own last put (its reply
+                         * had no context: other versions remained) */
     fs_dchunk *dchunks; /* dirty chunks */
     size_t ndchunks;
     uint64_t cached_index; /* one clean chunk kept for reads */
@@ -88,9 +89,11 @@ void fs__obj_release(fs_obj *o);
  * version hash (xxh3 of its bytes, never 0) that names it while it
  * exists. */
 int fs__obj_get(qfs_fs *fs, const fs_id *id, fs_obj *o);
-/* Write ino as the object of id with context ctx (empty: a new object). */
+/* Write ino as the object of id with context ctx (empty: a new object).
+ * newctx (may be NULL): the context of the result, empty when other
+ * versions remain (rep_client_put_ctx). */
 int fs__obj_put(qfs_fs *fs, const fs_id *id, const fs_inode *ino, kv_slice ctx,
-                bool sync);
+                bool sync, kv_buf *newctx);
 int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx);
 /* A chunk's bytes, checked against its hash and length. */
 int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out);

@@ -76,7 +76,7 @@ static int call(qfs_fs *fs, int op, kv_slice key, kv_slice ctx, kv_slice value,
             if (op == OP_GET)
                 rc = rep_client_get(c, key, &ro, out);
             else if (op == OP_PUT)
-                rc = rep_client_put(c, key, ctx, value, &ro);
+                rc = rep_client_put_ctx(c, key, ctx, value, &ro, out);
             else
                 rc = rep_client_del(c, key, ctx, &ro);
             pool_give(fs, c);
@@ -245,13 +245,13 @@ out:
 }
 
 int fs__obj_put(qfs_fs *fs, const fs_id *id, const fs_inode *ino, kv_slice ctx,
-                bool sync) {
+                bool sync, kv_buf *newctx) {
     kv_buf key = KV_BUF_INIT, val = KV_BUF_INIT;
     int rc = fs_key_inode(fs->o.volume, id, &key);
     if (rc == 0) rc = fs_inode_encode(ino, &val);
     if (rc == 0)
         rc = call(fs, OP_PUT, kv_buf_slice(&key), ctx, kv_buf_slice(&val), sync,
-                  NULL);
+                  newctx);
     kv_buf_release(&val);
     kv_buf_release(&key);
     return rc;

@@ -278,7 +278,7 @@ int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o,
 }
 
 static int put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
-               const rep_opts *o, uint32_t flags) {
+               const rep_opts *o, uint32_t flags, kv_buf *newctx) {
     rep_msg m = {.type = REP_PUT, .key = key, .ctx = ctx, .value = value};
     int rc = check_opts(o, &m);
     if (rc || key.len == 0) return rc ? rc : -EINVAL;
@@ -287,17 +287,24 @@ static int put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
     m.flags = flags | (o && o->sync ? REP_PUT_SYNC : 0);
     if ((rc = call(c, &m, deadline_for(c, &m)))) return rc;
     if (c->reply.type != REP_PUT_REPLY) return break_with(c, KV_EPROTO);
+    if (c->reply.status == 0 && newctx)
+        return kv_buf_set(newctx, c->reply.ctx.ptr, c->reply.ctx.len);
     return c->reply.status;
 }
 
 int rep_client_put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
                    const rep_opts *o) {
-    return put(c, key, ctx, value, o, 0);
+    return put(c, key, ctx, value, o, 0, NULL);
+}
+
+int rep_client_put_ctx(rep_client *c, kv_slice key, kv_slice ctx,
+                       kv_slice value, const rep_opts *o, kv_buf *newctx) {
+    return put(c, key, ctx, value, o, 0, newctx);
 }
 
 int rep_client_del(rep_client *c, kv_slice key, kv_slice ctx,
                    const rep_opts *o) {
-    return put(c, key, ctx, kv_slice_make(NULL, 0), o, REP_PUT_DELETE);
+    return put(c, key, ctx, kv_slice_make(NULL, 0), o, REP_PUT_DELETE, NULL);
 }
 
 int rep_client_state(rep_client *c, kv_buf *out) {

@@ -57,6 +57,13 @@ int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o, kv_buf *obj);
  * REP_MAX_VALUE or a request whose frame would exceed REP_MAX_PAYLOAD. */
 int rep_client_put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
                    const rep_opts *o);
+/* As rep_client_put, and the context of the object the put made into
+ * newctx: what a later put of the same writer passes to supersede this
+ * one. Empty when the object kept other siblings (concurrent writes the
+ * writer has not seen): read before writing again, or the next put
+ * becomes a sibling too. */
+int rep_client_put_ctx(rep_client *c, kv_slice key, kv_slice ctx,
+                       kv_slice value, const rep_opts *o, kv_buf *newctx);
 /* Delete: a put of a tombstone with context ctx. */
 int rep_client_del(rep_client *c, kv_slice key, kv_slice ctx,
                    const rep_opts *o);

@@ -41,7 +41,9 @@ struct req {
     bool merging; /* get: objects are being merged on the pool */
     struct pend *pending, *pending_tail; /* replies waiting for the merge */
     kv_buf key, ctx, value;
-    kv_buf obj; /* get: objects merged so far; put: the new object */
+    kv_buf obj;    /* get: objects merged so far; put: the new object */
+    kv_buf newctx; /* put: the new object's context, when it has one
+                    * sibling (the put reply hands it back) */
     uint64_t started;
     uv_timer_t timer; /* the deadline; for a get first the hedge */
     bool timer_open;
@@ -53,6 +55,7 @@ struct req {
 typedef struct lwork {
     rep_job job;
     req *rq;
+    kv_buf ctx; /* update: the new context (rep_store_op.ctx_out) */
 } lwork;
 
 static const char *op_name(const req *rq) {
@@ -76,6 +79,7 @@ static void req_free_now(req *rq) {
     kv_buf_release(&rq->ctx);
     kv_buf_release(&rq->value);
     kv_buf_release(&rq->obj);
+    kv_buf_release(&rq->newctx);
     if (rq->client) rep__conn_unref(rq->client);
     kv_free(rq);
 }
@@ -108,6 +112,7 @@ static void req_finish(req *rq, int code) {
         if (code == 0) m.value = kv_buf_slice(&rq->obj);
     } else {
         m.type = REP_PUT_REPLY;
+        if (code == 0) m.ctx = kv_buf_slice(&rq->newctx);
     }
     rep__conn_send(rq->client, &m);
     req_maybe_free(rq);
@@ -251,6 +256,7 @@ static void start_merge(req *rq) {
         w->rq = rq;
         w->acc = rq->obj;
         w->list = rq->pending;
+        kv_buf_init(&rq->newctx);
         kv_buf_init(&rq->obj);
         rq->pending = rq->pending_tail = NULL;
         rq->merging = true;
@@ -359,6 +365,8 @@ static void local_update_done(rep_job *j) {
     int rc = j->op.rc;
     kv_buf_release(&rq->obj);
     rq->obj = j->out;
+    kv_buf_release(&rq->newctx);
+    rq->newctx = w->ctx;
     kv_free(w);
     if (rc) {
         /* Without the new object no other replica can be written. */
@@ -435,6 +443,9 @@ static void on_forwarded(void *arg, int status, const rep_msg *reply) {
     req *rq = arg;
     rq->inflight--;
     if (!rq->done) {
+        if (status == 0 && reply->status == 0 &&
+            kv_buf_set(&rq->newctx, reply->ctx.ptr, reply->ctx.len) != 0)
+            kv_buf_reset(&rq->newctx); /* no context: the client reads */
         if (status == 0)
             req_finish(rq, reply->status);
         else if (!rq->node->stopping)
@@ -685,6 +696,8 @@ static void local_call(req *rq) {
         w->job.done = local_get_done;
     } else {
         op->kind = REP_STORE_OP_UPDATE;
+        kv_buf_init(&w->ctx);
+        op->ctx_out = &w->ctx;
         op->ctx = kv_buf_slice(&rq->ctx);
         op->value = kv_buf_slice(&rq->value);
         op->flags = (rq->tombstone ? REP_STORE_TOMBSTONE : 0) |

@@ -45,7 +45,7 @@ static const msg_kind kinds[] = {
     [REP_GET_REPLY] = {"get-reply", F_STATUS | F_VALUE, 0},
     [REP_PUT] = {"put", F_NRW | F_FLAGS | F_TIMEOUT | F_KEY | F_CTX | F_VALUE,
                  REP_PUT_DELETE | REP_PUT_SYNC | REP_PUT_FORWARDED},
-    [REP_PUT_REPLY] = {"put-reply", F_STATUS, 0},
+    [REP_PUT_REPLY] = {"put-reply", F_STATUS | F_CTX, 0},
     [REP_RGET] = {"replica-get", F_KEY, 0},
     [REP_RGET_REPLY] = {"replica-get-reply", F_STATUS | F_VALUE, 0},
     [REP_RPUT] = {"replica-put", F_FLAGS | F_KEY | F_VALUE,

@@ -13,7 +13,7 @@
 
 #include "base/base.h"
 
-#define REP_PROTO_VERSION 1u
+#define REP_PROTO_VERSION 2u /* 2: put-reply carries the new context */
 #define REP_FRAME_HEADER 24u
 #define REP_MAX_KEY 4096u                   /* bytes in a key */
 #define REP_MAX_VALUE (64u * 1024u * 1024u) /* bytes in a value or object */
@@ -28,7 +28,8 @@ typedef enum rep_msg_type {
     REP_GET = 10,          /* client -> coordinator: n r w, timeout, key */
     REP_GET_REPLY = 11,    /* status, value = encoded object (all siblings) */
     REP_PUT = 12,          /* n r w, flags, timeout, key, ctx, value */
-    REP_PUT_REPLY = 13,    /* status */
+    REP_PUT_REPLY = 13,    /* status, ctx = the new object's context (empty
+                            * unless the put left it one sibling) */
     REP_RGET = 20,         /* coordinator -> replica: key */
     REP_RGET_REPLY = 21,   /* status, value = the replica's object */
     REP_RPUT = 22,         /* flags, key, value = object to merge */

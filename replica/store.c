@@ -168,6 +168,12 @@ static int prep_update(rep_store_op *op, dvv_set *old, bool *write) {
         rc = dvv_set_encode(set, op->out);
         *write = rc == 0;
     }
+    if (rc == 0 && op->ctx_out && dvv_set_siblings(set) == 1) {
+        dvv_ctx *nc = NULL;
+        rc = dvv_set_join(set, &nc);
+        if (rc == 0) rc = dvv_ctx_encode(nc, op->ctx_out);
+        dvv_ctx_free(nc);
+    }
 out:
     dvv_ctx_free(c);
     dvv_set_free(set);
@@ -239,6 +245,7 @@ static void apply_group(rep_store *s, rep_store_op *ops, size_t n, eng_batch *b,
         okey k;
         added[i] = false;
         if (op->out) kv_buf_reset(op->out);
+        if (op->ctx_out) kv_buf_reset(op->ctx_out);
         kv_buf_reset(enc);
         op->rc = okey_make(&k, op->key);
         if (op->rc) continue;
@@ -254,6 +261,7 @@ static void apply_group(rep_store *s, rep_store_op *ops, size_t n, eng_batch *b,
             added[i] = op->rc == 0;
         }
         if (op->rc && op->out) kv_buf_reset(op->out);
+        if (op->rc && op->ctx_out) kv_buf_reset(op->ctx_out);
         dvv_set_free(old);
         okey_release(&k);
     }

@@ -79,7 +79,12 @@ typedef struct rep_store_op {
     uint64_t actor; /* update: the coordinator; merge: this node (self) */
     uint64_t now_us;
     kv_buf *out; /* update: the new object (required); merge: unused */
-    int rc;      /* out: the op's result */
+    /* update, optional: the new object's context when the write left it
+     * one sibling (the writer saw everything else); else emptied. A
+     * context with other siblings in it would let the writer's next put
+     * supersede versions it never saw. */
+    kv_buf *ctx_out;
+    int rc; /* out: the op's result */
 } rep_store_op;
 
 /* Apply ops[0..n) in order; every op's rc is set. Returns -ENOMEM when

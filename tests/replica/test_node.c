@@ -138,6 +138,40 @@ Test(node, put_get_siblings_resolve_delete) {
     rep_client_close(b);
 }
 
+/* A put hands back the context of what it made, so the writer's next put
+ * supersedes its own last one without a read; but only when nothing else
+ * remains: a context covering a sibling the writer never saw would let
+ * its next put hide that sibling. */
+Test(node, put_returns_a_context_only_the_writer_has_seen) {
+    start_node(60000);
+    rep_client *a = client(), *b = client();
+    kv_buf ca = KV_BUF_INIT, cb = KV_BUF_INIT;
+    OK(rep_client_put_ctx(a, S("doc"), S(""), S("v1"), NULL, &ca));
+    cr_assert_gt(ca.len, 0, "a lone version comes back with a context");
+    OK(rep_client_put_ctx(a, S("doc"), kv_buf_slice(&ca), S("v2"), NULL, &ca));
+    dvv_set *s = get(b, "doc");
+    expect_values(s, 1, (const char *[]){"v2"}); /* v2 superseded v1 */
+    dvv_set_free(s);
+    /* b writes without having read: a sibling; a's reply has no context
+     * now, and b's neither. */
+    OK(rep_client_put_ctx(b, S("doc"), S(""), S("b1"), NULL, &cb));
+    cr_assert_eq(cb.len, 0, "siblings remain: no context");
+    OK(rep_client_put_ctx(a, S("doc"), kv_buf_slice(&ca), S("v3"), NULL, &ca));
+    cr_assert_eq(ca.len, 0, "siblings remain: no context");
+    s = get(b, "doc");
+    expect_values(s, 2, (const char *[]){"v3", "b1"}); /* b1 not hidden */
+    /* A write with the read's context resolves, and gets one back. */
+    ctx_of(s, &cb);
+    dvv_set_free(s);
+    OK(rep_client_put_ctx(b, S("doc"), kv_buf_slice(&cb), S("merged"), NULL,
+                          &cb));
+    cr_assert_gt(cb.len, 0);
+    kv_buf_release(&ca);
+    kv_buf_release(&cb);
+    rep_client_close(a);
+    rep_client_close(b);
+}
+
 Test(node, bad_requests_are_refused_and_the_client_stays_usable) {
     start_node(60000);
     rep_client *c = client();
