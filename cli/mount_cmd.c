@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,7 +238,10 @@ static int run(mount_cfg *m, int ready_fd) {
     rc = fuse_session_loop_mt(se, lc);
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
-    code = rc == 0 ? 0 : 1;
+    /* libfuse reports a stop by signal as the signal's number: a clean
+     * stop, like an unmount. */
+    code = rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1;
+    if (code) kv_error("mount", "the FUSE loop failed: %d", rc);
 out:
     if (lc) fuse_loop_cfg_destroy(lc);
     if (se) fuse_session_destroy(se);
