@@ -59,7 +59,8 @@ static int connect_cluster(void *arg, unsigned attempt, rep_client **out) {
     for (int k = 0; k < m->nendpoints; k++) {
         const char *ep =
             m->endpoints[(i + (unsigned)k) % (unsigned)m->nendpoints];
-        rc = rep_client_connect(ep, m->fo.timeout_ms, out);
+        /* A dead node must not take a call's whole deadline per try. */
+        rc = rep_client_connect(ep, KV_MIN(m->fo.timeout_ms, 2000u), out);
         if (rc == 0) return 0;
     }
     return rc;
@@ -267,6 +268,7 @@ out:
 int cli_mount(int argc, char **argv) {
     mount_cfg m;
     memset(&m, 0, sizeof m);
+    int log_fd = -1;
     qfs_fs_opts_init(&m.fo);
     bool data_set = false;
     for (int i = 0; i < argc; i++) {
@@ -350,8 +352,7 @@ int cli_mount(int argc, char **argv) {
                     strerror(errno));
             return 2;
         }
-        if (!m.foreground) dup2(fd, STDERR_FILENO);
-        close(fd);
+        log_fd = fd;
     }
     /* Absolute paths: the daemon leaves the working directory. */
     char mp[PATH_MAX];
@@ -370,7 +371,13 @@ int cli_mount(int argc, char **argv) {
         }
         snprintf(m.data, sizeof m.data, "%s", abs);
     }
-    if (m.foreground) return run(&m, -1);
+    if (m.foreground) {
+        if (log_fd >= 0) {
+            dup2(log_fd, STDERR_FILENO);
+            close(log_fd);
+        }
+        return run(&m, -1);
+    }
     int p[2];
     if (pipe(p) != 0) {
         perror("quorumfs mount: pipe");
@@ -383,15 +390,28 @@ int cli_mount(int argc, char **argv) {
     }
     if (pid == 0) {
         close(p[0]);
+        if (log_fd >= 0) { /* the daemon's lines go to the log */
+            dup2(log_fd, STDERR_FILENO);
+            close(log_fd);
+        }
         setsid();
         if (chdir("/") != 0) _exit(1);
         _exit(run(&m, p[1]));
     }
     close(p[1]);
-    char msg[512];
-    ssize_t n = read(p[0], msg, sizeof msg - 1);
+    if (log_fd >= 0) close(log_fd);
+    char msg[PATH_MAX + 2048];
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof msg - 1 &&
+           (n = read(p[0], msg + got, sizeof msg - 1 - got)) > 0)
+        got += (size_t)n;
     close(p[0]);
-    if (n == 1 && msg[0] == 0) return 0; /* mounted */
-    /* The child wrote its reason to our stderr already (same stderr). */
+    if (got == 1 && msg[0] == 0) return 0; /* mounted */
+    msg[got] = 0;
+    /* The reason, from the child (which logged it too, with --log). */
+    if (m.log || got == 0)
+        fprintf(stderr, "quorumfs mount: %s\n",
+                got ? msg : "the mount process exited before mounting");
     return 1;
 }

@@ -156,12 +156,16 @@ int fs__file_write(qfs_fs *fs, fs_file *f, uint64_t off, const void *buf,
     if (end > ino->size) ino->size = end;
     ino->mtime_ns = ino->ctime_ns = wall_ns();
     f->dirty = true;
-    /* Bound the memory of a long write: store the full chunks. */
-    if (f->ndchunks > FS_DIRTY_CHUNKS_MAX) {
+    /* Bound the memory of a long write: store the full chunks; if that
+     * is not enough (writes scattered over many chunks), the partial ones
+     * too: each holds the chunk's whole current bytes, so storing it is
+     * correct, only a later write to it stores it again. */
+    for (int pass = 0; pass < 2 && rc == 0 && f->ndchunks > FS_DIRTY_CHUNKS_MAX;
+         pass++) {
         fs_dchunk *d = f->dchunks, *next;
         for (; rc == 0 && d; d = next) {
             next = d->next;
-            if (d->bytes.len == FS_CHUNK_SIZE)
+            if (pass == 1 || d->bytes.len == FS_CHUNK_SIZE)
                 rc = dchunk_store(fs, f, d, false);
         }
     }
@@ -221,17 +225,17 @@ int fs__file_truncate(qfs_fs *fs, fs_file *f, uint64_t size) {
         if ((rc = to_chunked(fs, f))) return rc;
         uint64_t last = size / FS_CHUNK_SIZE;
         size_t at = size % FS_CHUNK_SIZE;
-        /* Chunks wholly past the end go; the one the end cuts is cut. */
-        fs_dchunk *d = f->dchunks, *next;
+        /* The chunk the end cuts is read first (the one step that can
+         * fail: nothing has changed then); chunks wholly past the end go. */
+        fs_dchunk *cut = NULL, *d = f->dchunks, *next;
+        if (at > 0 && size < ino->size && (rc = dchunk_get(fs, f, last, &cut)))
+            return rc;
         for (; d; d = next) {
             next = d->next;
             if (d->index > last || (d->index == last && at == 0))
                 dchunk_unlink(f, d);
         }
-        if (at > 0 && size < ino->size) {
-            if ((rc = dchunk_get(fs, f, last, &d))) return rc;
-            if (d->bytes.len > at) d->bytes.len = at;
-        }
+        if (cut && cut->bytes.len > at) cut->bytes.len = at;
         fs_file_truncate_chunks(ino, size);
         if (f->have_cached && f->cached_index >= last) f->have_cached = false;
     }
@@ -254,7 +258,8 @@ int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
         fs_obj cur;
         fs__obj_init(&cur);
         rc = fs__obj_get(fs, id, &cur);
-        if (rc == 0 && cur.nsib == 0) {
+        if (rc == 0 && cur.nsib == 0 && cur.ver == f->put_ver) {
+            /* The one version is ours: nobody wrote or resolved since. */
             rc = kv_buf_set(&f->obj.ctx, cur.ctx.ptr, cur.ctx.len);
             f->obj.have_ctx = true;
         } else if (rc == KV_ENOTFOUND) {
@@ -265,7 +270,9 @@ int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
         f->ctx_stale = false;
     }
     kv_buf nc = KV_BUF_INIT;
+    uint64_t ver = fs__inode_ver(&f->obj.ino);
     rc = fs__obj_put(fs, id, &f->obj.ino, kv_buf_slice(&f->obj.ctx), sync, &nc);
+    if (rc == 0) f->put_ver = ver;
     if (rc == 0) {
         f->dirty = false;
         /* The put's context covers this write: the next one supersedes

@@ -271,7 +271,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
             pthread_mutex_lock(&cn->lock);
             rc = node_inode(fs, cn, &child);
             pthread_mutex_unlock(&cn->lock);
-            fs__node_maybe_free(fs, cn);
+            fs__node_put(fs, cn);
         }
     }
     if (rc == -ENOTDIR || rc == -ENOMEM)
@@ -441,10 +441,26 @@ static int dir_get(qfs_fs *fs, fs_node *dn, fs_obj *o) {
     return rc;
 }
 
+/* This mount's actor in directory dots. */
+static uint64_t actor_of(qfs_fs *fs) {
+    return __atomic_load_n(&fs->actor, __ATOMIC_RELAXED);
+}
+
 static int dir_put(qfs_fs *fs, fs_node *dn, fs_obj *o) {
     o->ino.mtime_ns = o->ino.ctime_ns = wall_ns();
-    return fs__obj_put(fs, &dn->id, &o->ino, kv_buf_slice(&o->ctx), false,
-                       NULL);
+    int rc =
+        fs__obj_put(fs, &dn->id, &o->ino, kv_buf_slice(&o->ctx), false, NULL);
+    if (rc) {
+        /* The put may have landed on some replica after all, with a dot
+         * this mount would hand out again (its next read may not see
+         * it): two entries with one dot would merge as one. A new actor
+         * never reuses a dot. */
+        uint64_t a;
+        while (getrandom(&a, sizeof a, 0) < 0 && errno == EINTR) {
+        }
+        __atomic_store_n(&fs->actor, a, __ATOMIC_RELAXED);
+    }
+    return rc;
 }
 
 /* Errors of name operations: plain errnos pass, store errors map. */
@@ -504,7 +520,7 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     kv_buf newctx = KV_BUF_INIT;
     if (rc == 0)
         rc = fs__obj_put(fs, &id, &ino, kv_slice_make(NULL, 0), false, &newctx);
-    if (rc == 0) rc = fs_dir_add(&dir.ino, name, &id, t, fs->actor);
+    if (rc == 0) rc = fs_dir_add(&dir.ino, name, &id, t, actor_of(fs));
     if (rc == 0) rc = dir_put(fs, dn, &dir);
     pthread_mutex_unlock(&dn->lock);
     fs__obj_release(&dir);
@@ -543,6 +559,7 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     fs__obj_init(&f->obj);
     kv_buf_init(&f->cached);
     fs_inode_release(&f->obj.ino);
+    f->put_ver = fs__inode_ver(&ino);
     f->obj.ino = ino; /* moved */
     kv_buf_release(&f->obj.ctx);
     f->obj.ctx = newctx; /* moved */
@@ -556,12 +573,14 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     }
     nd->opens++;
     pthread_mutex_unlock(&nd->lock);
+    fs__node_hold(fs, nd); /* until release */
     fi->fh = 0;
     if (fuse_reply_create(req, &e, fi) != 0) {
         pthread_mutex_lock(&nd->lock);
         nd->opens--;
         file_unload(nd);
         pthread_mutex_unlock(&nd->lock);
+        fs__node_put(fs, nd);
         fs__node_forget(fs, nd, 1);
     }
 }
@@ -609,7 +628,7 @@ static int drop_object(qfs_fs *fs, const fs_id *id) {
         bool open = nd->opens > 0;
         if (open) nd->unlinked = true;
         pthread_mutex_unlock(&nd->lock);
-        fs__node_maybe_free(fs, nd);
+        fs__node_put(fs, nd);
         if (open) return 0;
     }
     fs_obj o;
@@ -641,22 +660,24 @@ static int settle_versions(qfs_fs *fs, const fs_id *id, uint64_t keep,
                                       : NULL);
         if (!first || (!keep && !version_in(&o, drop))) rc = KV_ENOTFOUND;
     }
-    if (rc == 0)
-        rc = fs__obj_put(fs, id, first, kv_buf_slice(&o.ctx), false, NULL);
+    /* The versions that stay go out again first, each as a new sibling;
+     * only then the one with the full context (read before them, so it
+     * does not cover them). A failure half-way loses nothing. */
     for (size_t i = 0; rc == 0 && !keep && i <= o.nsib; i++) {
         const fs_inode *v = i == 0 ? &o.ino : &o.sibs[i - 1];
         uint64_t ver = i == 0 ? o.ver : o.sib_vers[i - 1];
         if (v == first || ver == drop) continue;
         rc = fs__obj_put(fs, id, v, kv_slice_make(NULL, 0), false, NULL);
     }
-    if (rc == 0 && nd->file && !nd->file->dirty) {
+    if (rc == 0)
+        rc = fs__obj_put(fs, id, first, kv_buf_slice(&o.ctx), false, NULL);
+    if (rc == 0 && nd->file && !nd->file->dirty && nd->opens == 0) {
         fs__file_free(nd->file); /* re-read at the next open */
         nd->file = NULL;
-        if (nd->opens > 0) rc = file_acquire(fs, nd);
     }
     pthread_mutex_unlock(&nd->lock);
     fs__obj_release(&o);
-    fs__node_maybe_free(fs, nd);
+    fs__node_put(fs, nd);
     return rc;
 }
 
@@ -800,11 +821,32 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
     /* The new name first, then the old one goes: a failure between leaves
      * two names for the object, never none. */
     if (rc == 0) {
-        /* The add replaces every entry of newname this mount saw (a
-         * rival of the one shown included: `mv x.conflict-1 x` leaves
-         * one x). */
-        if (replaced) fs_dir_remove(&td->ino, tname, &vid);
-        rc = fs_dir_add(&td->ino, newname, &id, stype, fs->actor);
+        /* The entry shown under newname is replaced; its rivals (other
+         * objects created under that name elsewhere at the same time)
+         * stay. fs_dir_add drops every entry of the name, so they are
+         * put back afterwards with their dots. */
+        fs_dirent keep[MAX_SAME_NAME];
+        size_t nkeep = 0, pos = 0;
+        ssize_t k;
+        while (rc == 0 && nkeep < MAX_SAME_NAME &&
+               (k = fs_dir_find(&td->ino, newname, &pos)) >= 0) {
+            const fs_dirent *e = &td->ino.entries[k];
+            if (strcmp(e->name, newname) != 0) break;
+            if ((replaced && !memcmp(e->id.b, vid.b, FS_ID_LEN)) ||
+                !memcmp(e->id.b, id.b, FS_ID_LEN))
+                continue;
+            keep[nkeep] = *e;
+            keep[nkeep].name = kv_strdup(e->name);
+            if (!keep[nkeep].name) rc = -ENOMEM;
+            nkeep++;
+        }
+        if (rc == 0)
+            rc = fs_dir_add(&td->ino, newname, &id, stype, actor_of(fs));
+        for (size_t i = 0; i < nkeep; i++) {
+            if (rc == 0 && keep[i].name)
+                rc = fs_dir_restore(&td->ino, &keep[i]);
+            kv_free(keep[i].name);
+        }
     }
     if (rc == 0 && sn != tn) rc = dir_put(fs, tn, &tdir);
     if (rc == 0) {
@@ -1007,6 +1049,16 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
     list_entries(req, ino, size, off, fi, true);
 }
 
+/* Directory changes are puts acknowledged by W replicas; with the nodes'
+ * default (group commit) each is in a synced WAL by then. */
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+                        struct fuse_file_info *fi) {
+    (void)ino;
+    (void)datasync;
+    (void)fi;
+    fuse_reply_err(req, 0);
+}
+
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
                           struct fuse_file_info *fi) {
     (void)ino;
@@ -1024,14 +1076,16 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         return;
     }
     int rc = 0;
-    if (nd->ver && (fi->flags & O_ACCMODE) != O_RDONLY) {
+    if (nd->ver &&
+        ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
         fuse_reply_err(req, EROFS); /* a conflict version is read-only */
         return;
     }
     pthread_mutex_lock(&nd->lock);
-    if (nd->file && !nd->file->dirty) {
-        /* Close-to-open: a clean state is re-read, to see what other
-         * mounts wrote and closed since. */
+    if (nd->file && !nd->file->dirty && nd->opens == 0) {
+        /* Close-to-open: a clean state nobody has open is re-read, to see
+         * what other mounts wrote and closed since. (While a handle has
+         * it open, its state stays: another open shares it.) */
         fs__file_free(nd->file);
         nd->file = NULL;
     }
@@ -1048,12 +1102,14 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         fuse_reply_err(req, name_err(fs, rc, "open", &nd->id));
         return;
     }
+    fs__node_hold(fs, nd); /* until release */
     fi->fh = 0;
     if (fuse_reply_open(req, fi) != 0) {
         pthread_mutex_lock(&nd->lock);
         nd->opens--;
         file_unload(nd);
         pthread_mutex_unlock(&nd->lock);
+        fs__node_put(fs, nd);
     }
 }
 
@@ -1157,7 +1213,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
         if (r2 && r2 != KV_ENOTFOUND) fs__errno(fs, r2, "delete", &nd->id);
         fs__obj_release(&o);
     }
-    fs__node_maybe_free(fs, nd);
+    fs__node_put(fs, nd); /* the open's hold */
     fuse_reply_err(req, 0);
 }
 
@@ -1463,6 +1519,7 @@ static const struct fuse_lowlevel_ops ops = {
     .readdir = op_readdir,
     .readdirplus = op_readdirplus,
     .releasedir = op_releasedir,
+    .fsyncdir = op_fsyncdir,
     .statfs = op_statfs,
     .setxattr = op_setxattr,
     .getxattr = op_getxattr,
@@ -1544,7 +1601,19 @@ int qfs_fs_close(qfs_fs *fs) {
     for (size_t h = 0; h < FS_NODE_BUCKETS; h++) {
         for (fs_node *nd = fs->by_id[h]; nd; nd = nd->next_id) {
             if (!nd->file) continue;
-            int rc = fs__file_writeback(fs, &nd->id, nd->file, true);
+            int rc = 0;
+            fs_obj o;
+            fs__obj_init(&o);
+            if (nd->unlinked) {
+                /* Open, nameless: its object goes, as at its release. */
+                rc = fs__obj_get(fs, &nd->id, &o);
+                if (rc == 0)
+                    rc = fs__obj_del(fs, &nd->id, kv_buf_slice(&o.ctx));
+                if (rc == KV_ENOTFOUND) rc = 0;
+            } else {
+                rc = fs__file_writeback(fs, &nd->id, nd->file, true);
+            }
+            fs__obj_release(&o);
             if (rc && !first) first = rc;
             fs__file_free(nd->file);
             nd->file = NULL;

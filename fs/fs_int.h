@@ -42,6 +42,7 @@ typedef struct fs_file {
     bool dirty;         /* obj.ino changed since it was read or written */
     bool ctx_stale;     /* obj.ctx predates our own last put (its reply
                          * had no context: other versions remained) */
+    uint64_t put_ver;   /* version hash of our last put */
     fs_dchunk *dchunks; /* dirty chunks */
     size_t ndchunks;
     uint64_t cached_index; /* one clean chunk kept for reads */
@@ -56,7 +57,8 @@ typedef struct fs_node {
     fs_id id;
     uint64_t ver; /* 0, or a conflict version of the file (read-only) */
     uint8_t type;
-    uint64_t nlookup;     /* [fs->mu] */
+    uint64_t nlookup;     /* [fs->mu] the kernel's references */
+    uint32_t holds;       /* [fs->mu] open handles and callers' claims */
     bool dead;            /* [fs->mu] unchained, being freed */
     uint32_t opens;       /* [lock] */
     bool unlinked;        /* [lock] its last name is gone: delete on release */
@@ -95,6 +97,9 @@ int fs__obj_get(qfs_fs *fs, const fs_id *id, fs_obj *o);
 int fs__obj_put(qfs_fs *fs, const fs_id *id, const fs_inode *ino, kv_slice ctx,
                 bool sync, kv_buf *newctx);
 int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx);
+/* The version hash ino gets when written (fs__obj_get's ver); 0 if it
+ * cannot be encoded. */
+uint64_t fs__inode_ver(const fs_inode *ino);
 /* A chunk's bytes, checked against its hash and length. */
 int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out);
 /* Store bytes as a chunk (unless stored already); sets c's hash and len. */
@@ -118,7 +123,8 @@ void fs__file_free(fs_file *f);
 
 /* node.c */
 /* The node of (id, ver), made if unknown; its lookup count grows by
- * `lookups`. NULL on -ENOMEM. */
+ * `lookups`, or with 0 the caller holds it until fs__node_put. NULL on
+ * -ENOMEM. */
 fs_node *fs__node_get(qfs_fs *fs, const fs_id *id, uint64_t ver, uint8_t type,
                       uint64_t lookups);
 /* If id's file is open here, a copy of its current inode (what this
@@ -129,8 +135,10 @@ fs_node *fs__node_by_ino(qfs_fs *fs, uint64_t ino);
 /* Drop n lookups; the node is freed once none remain and nothing has it
  * open. */
 void fs__node_forget(qfs_fs *fs, fs_node *nd, uint64_t n);
-/* Free the node if unreferenced (after its last release). */
-void fs__node_maybe_free(qfs_fs *fs, fs_node *nd);
+/* Hold nd (an open handle), and let go of a hold. A node goes once the
+ * kernel forgot it and nothing holds it. */
+void fs__node_hold(qfs_fs *fs, fs_node *nd);
+void fs__node_put(qfs_fs *fs, fs_node *nd);
 void fs__nodes_free(qfs_fs *fs);
 
 #endif

@@ -65,7 +65,10 @@ fs_node *fs__node_get(qfs_fs *fs, const fs_id *id, uint64_t ver, uint8_t type,
         fs->by_ino[hi] = nd;
         fs->nnodes++;
     }
-    if (nd) nd->nlookup += lookups;
+    if (nd && lookups)
+        nd->nlookup += lookups;
+    else if (nd)
+        nd->holds++; /* a claim of the caller's: fs__node_put */
     pthread_mutex_unlock(&fs->mu);
     return nd;
 }
@@ -82,34 +85,46 @@ static void unchain(qfs_fs *fs, fs_node *nd) {
 }
 
 static void node_free(fs_node *nd) {
+    fs__file_free(nd->file); /* only a state whose write-back failed */
     pthread_mutex_destroy(&nd->lock);
     kv_free(nd);
+}
+
+/* Whether nd can go: nothing refers to it (fs->mu held). */
+static bool idle(const fs_node *nd) {
+    return nd->ino != FUSE_ROOT_ID && !nd->dead && nd->nlookup == 0 &&
+           nd->holds == 0;
+}
+
+/* Free nd if idle; fs->mu held, released here. The decision and the
+ * unchaining happen under one hold of fs->mu, so two threads cannot
+ * both free it, and nobody else can find it once it is decided. */
+static void release_mu(qfs_fs *fs, fs_node *nd) {
+    bool gone = idle(nd);
+    if (gone) {
+        nd->dead = true;
+        unchain(fs, nd);
+    }
+    pthread_mutex_unlock(&fs->mu);
+    if (gone) node_free(nd);
 }
 
 void fs__node_forget(qfs_fs *fs, fs_node *nd, uint64_t n) {
     pthread_mutex_lock(&fs->mu);
     nd->nlookup = n > nd->nlookup ? 0 : nd->nlookup - n;
-    pthread_mutex_unlock(&fs->mu);
-    fs__node_maybe_free(fs, nd);
+    release_mu(fs, nd);
 }
 
-void fs__node_maybe_free(qfs_fs *fs, fs_node *nd) {
-    if (nd->ino == FUSE_ROOT_ID) return;
-    /* Lock order is nd->lock, then fs->mu (operations look children up
-     * while holding their directory's lock), so look at the open state
-     * first: nothing opens a node the kernel has forgotten. */
-    pthread_mutex_lock(&nd->lock);
-    bool idle = nd->opens == 0 && !nd->file;
-    pthread_mutex_unlock(&nd->lock);
-    if (!idle) return;
+void fs__node_hold(qfs_fs *fs, fs_node *nd) {
     pthread_mutex_lock(&fs->mu);
-    bool gone = nd->nlookup == 0 && !nd->dead;
-    if (gone) {
-        nd->dead = true; /* a racing forget or release must not free it */
-        unchain(fs, nd);
-    }
+    nd->holds++;
     pthread_mutex_unlock(&fs->mu);
-    if (gone) node_free(nd);
+}
+
+void fs__node_put(qfs_fs *fs, fs_node *nd) {
+    pthread_mutex_lock(&fs->mu);
+    if (nd->holds > 0) nd->holds--;
+    release_mu(fs, nd);
 }
 
 void fs__nodes_free(qfs_fs *fs) {

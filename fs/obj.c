@@ -869,6 +869,37 @@ nomem:
     return -ENOMEM;
 }
 
+int fs_dir_restore(fs_inode *dir, const fs_dirent *e) {
+    if (dir->type != FS_DIR || !e || !e->name || !type_ok(e->type) ||
+        name_problem(kv_slice_str(e->name)))
+        return -EINVAL;
+    bool found;
+    size_t ci = clock_find(dir->clock, dir->nclock, e->dot.actor, &found);
+    if (!found || dir->clock[ci].counter < e->dot.counter) return -EINVAL;
+    if (dir->nentries >= FS_MAX_ENTRIES) return -ENOSPC;
+    size_t at = 0;
+    while (at < dir->nentries && ent_cmp(&dir->entries[at], e) < 0) at++;
+    if (at < dir->nentries && ent_cmp(&dir->entries[at], e) == 0) return 0;
+    char *copy = kv_strdup(e->name);
+    if (!copy) return -ENOMEM;
+    if (dir->nentries + 1 > dir->entries_cap) {
+        size_t cap = dir->entries_cap ? dir->entries_cap * 2 : 8;
+        fs_dirent *n = kv_realloc(dir->entries, cap * sizeof *n);
+        if (!n) {
+            kv_free(copy);
+            return -ENOMEM;
+        }
+        dir->entries = n;
+        dir->entries_cap = cap;
+    }
+    memmove(dir->entries + at + 1, dir->entries + at,
+            (dir->nentries - at) * sizeof *dir->entries);
+    dir->entries[at] = *e;
+    dir->entries[at].name = copy;
+    dir->nentries++;
+    return 0;
+}
+
 size_t fs_dir_remove(fs_inode *dir, const char *name, const fs_id *id) {
     if (dir->type != FS_DIR || !name) return 0;
     size_t first, end = name_range(dir, kv_slice_str(name), &first);

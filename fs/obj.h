@@ -145,6 +145,11 @@ int fs_inode_decode(kv_slice in, fs_inode *ino);
  * at UINT64_MAX, -ENOMEM; dir is unchanged on failure. */
 int fs_dir_add(fs_inode *dir, const char *name, const fs_id *id, uint8_t type,
                uint64_t actor);
+/* Put entry e back as it was (its dot unchanged): an entry fs_dir_add
+ * removed that the caller meant to keep (a rival under that name). The
+ * clock must cover e's dot. 0 (also if e is there), -EINVAL, -ENOSPC,
+ * -ENOMEM. */
+int fs_dir_restore(fs_inode *dir, const fs_dirent *e);
 /* Remove the entries of name whose id is *id (every entry of name when id
  * is NULL). The clock is unchanged: it remembers the removed dots, which
  * is what keeps them removed in a merge. Returns the count removed (0:

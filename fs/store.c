@@ -257,6 +257,14 @@ int fs__obj_put(qfs_fs *fs, const fs_id *id, const fs_inode *ino, kv_slice ctx,
     return rc;
 }
 
+uint64_t fs__inode_ver(const fs_inode *ino) {
+    kv_buf val = KV_BUF_INIT;
+    uint64_t v =
+        fs_inode_encode(ino, &val) == 0 ? version_hash(kv_buf_slice(&val)) : 0;
+    kv_buf_release(&val);
+    return v;
+}
+
 int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx) {
     kv_buf key = KV_BUF_INIT;
     int rc = fs_key_inode(fs->o.volume, id, &key);

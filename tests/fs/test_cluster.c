@@ -175,3 +175,17 @@ Test(fscluster, without_a_quorum_calls_fail_with_eio_instead_of_hanging) {
     cr_assert_lt(open(path, O_WRONLY | O_CREAT, 0644), 0);
     cr_assert_eq(errno, EIO, "create: %s", strerror(errno));
 }
+
+Test(fscluster, a_conflict_version_is_read_only) {
+    make_conflict();
+    char path[256];
+    snprintf(path, sizeof path, "%s/f.conflict-1", g_a.dir);
+    cr_assert_lt(open(path, O_RDONLY | O_TRUNC), 0);
+    cr_assert_eq(errno, EROFS, "O_TRUNC: %s", strerror(errno));
+    cr_assert_lt(open(path, O_WRONLY), 0);
+    cr_assert_eq(errno, EROFS, "O_WRONLY: %s", strerror(errno));
+    cr_assert_neq(chmod(path, 0600), 0);
+    /* Both versions are still there, unchanged. */
+    A_OK("test \"$(cat f f.conflict-1 | sort | tr '\\n' ' ')\" = "
+         "'from-a from-b '");
+}
