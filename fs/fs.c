@@ -93,16 +93,16 @@ static size_t entries_of(const fs_inode *dir, const char *name,
     while ((i = fs_dir_find(dir, name, &pos)) >= 0) {
         const fs_dirent *e = &dir->entries[i];
         if (strcmp(e->name, name) != 0) break;
-        if (n < cap) {
-            size_t j = n++;
-            while (j > 0 && (e->dot.counter > out[j - 1]->dot.counter ||
-                             (e->dot.counter == out[j - 1]->dot.counter &&
-                              e->dot.actor > out[j - 1]->dot.actor))) {
-                out[j] = out[j - 1];
-                j--;
-            }
-            out[j] = e;
+        /* Keep the best cap entries, best first (a full array drops its
+         * last when a better one comes). */
+        size_t j = n < cap ? n++ : cap;
+        while (j > 0 && (e->dot.counter > out[j - 1]->dot.counter ||
+                         (e->dot.counter == out[j - 1]->dot.counter &&
+                          e->dot.actor > out[j - 1]->dot.actor))) {
+            if (j < cap) out[j] = out[j - 1];
+            j--;
         }
+        if (j < cap) out[j] = e;
     }
     return n;
 }

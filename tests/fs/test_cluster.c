@@ -189,3 +189,94 @@ Test(fscluster, a_conflict_version_is_read_only) {
     A_OK("test \"$(cat f f.conflict-1 | sort | tr '\\n' ' ')\" = "
          "'from-a from-b '");
 }
+
+/* ---- a rival create, made deterministic ----
+ * Two mounts creating one name at the same instant is a race a test
+ * cannot time. Instead the test plays the other mount: it reads the root
+ * directory's object, lets mount A create x, then writes its own version
+ * of the root (the old one plus its own x) with the old context, which
+ * makes it a sibling of A's, exactly what a concurrent create does. */
+
+#include "fs/obj.h"
+#include "replica/dvv.h"
+
+typedef struct dirread {
+    fs_inode ino;
+    kv_buf ctx;
+} dirread;
+
+static void read_root(rep_client *c, dirread *d) {
+    fs_id root;
+    memset(&root, 0, sizeof root);
+    kv_buf key = KV_BUF_INIT, raw = KV_BUF_INIT;
+    OK(fs_key_inode("qfs", &root, &key));
+    OK(rep_client_get(c, kv_buf_slice(&key), NULL, &raw));
+    dvv_set *s;
+    dvv_ctx *x;
+    OK(dvv_set_decode(kv_buf_slice(&raw), &s));
+    cr_assert_eq(dvv_set_siblings(s), 1);
+    OK(fs_inode_decode(dvv_set_sibling(s, 0).value.bytes, &d->ino));
+    OK(dvv_set_join(s, &x));
+    kv_buf_init(&d->ctx);
+    OK(dvv_ctx_encode(x, &d->ctx));
+    dvv_ctx_free(x);
+    dvv_set_free(s);
+    kv_buf_release(&raw);
+    kv_buf_release(&key);
+}
+
+static void rival_create(rep_client *c, dirread *old, const char *name,
+                         const char *text) {
+    fs_id id;
+    fs_id_random(&id);
+    fs_inode f;
+    fs_inode_init(&f, FS_FILE);
+    f.mode = 0644;
+    f.size = strlen(text);
+    f.mtime_ns = f.ctime_ns = f.atime_ns = 1;
+    OK(kv_buf_set(&f.data, text, strlen(text)));
+    kv_buf key = KV_BUF_INIT, val = KV_BUF_INIT;
+    OK(fs_key_inode("qfs", &id, &key));
+    OK(fs_inode_encode(&f, &val));
+    rep_opts o = {.n = 3, .r = 2, .w = 2};
+    OK(rep_client_put(c, kv_buf_slice(&key), kv_slice_make(NULL, 0),
+                      kv_buf_slice(&val), &o));
+    /* The other mount's root: what it read, plus its own name. */
+    OK(fs_dir_add(&old->ino, name, &id, FS_FILE, 0x5157ull));
+    fs_id root;
+    memset(&root, 0, sizeof root);
+    OK(fs_key_inode("qfs", &root, &key));
+    kv_buf_reset(&val);
+    OK(fs_inode_encode(&old->ino, &val));
+    OK(rep_client_put(c, kv_buf_slice(&key), kv_buf_slice(&old->ctx),
+                      kv_buf_slice(&val), &o));
+    fs_inode_release(&f);
+    kv_buf_release(&val);
+    kv_buf_release(&key);
+}
+
+Test(fscluster, concurrent_creates_of_one_name_show_both_and_keep_rivals) {
+    rep_client *c;
+    OK(rep_client_connect(g_c.n[0].addr, 5000, &c));
+    A_OK("echo other > y");
+    dirread before;
+    read_root(c, &before);
+    write_file(g_a.dir, "x", "mine\n");
+    rival_create(c, &before, "x", "rival\n");
+    const char *both = "test \"$(ls | tr '\\n' ' ')\" = 'x x.conflict-1 y ' && "
+                       "test \"$(cat x x.conflict-1 | sort | tr '\\n' ' ')\" = "
+                       "'mine rival '";
+    A_OK("%s", both);
+    B_OK("%s", both);
+    /* A rename onto x replaces the x shown; the rival stays. */
+    A_OK("v=$(cat x) && mv y x && test \"$(ls | wc -l)\" = 2 && "
+         "test \"$(cat x x.conflict-1 | sort | tr '\\n' ' ')\" = "
+         "\"$(printf 'other\\n%%s\\n' \"$([ \"$v\" = mine ] && echo rival "
+         "|| echo mine)\" | sort | tr '\\n' ' ')\"");
+    /* rm of the rival leaves one x. */
+    B_OK("rm x.conflict-1 && test \"$(ls | tr '\\n' ' ')\" = 'x '");
+    A_OK("test \"$(ls | tr '\\n' ' ')\" = 'x ' && test \"$(cat x)\" = other");
+    fs_inode_release(&before.ino);
+    kv_buf_release(&before.ctx);
+    rep_client_close(c);
+}
