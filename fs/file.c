@@ -246,7 +246,11 @@ int fs__file_truncate(qfs_fs *fs, fs_file *f, uint64_t size) {
 }
 
 int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
-    if (!f->dirty) return 0;
+    /* fsync of a clean file: what earlier closes wrote went out unsynced
+     * (maybe from another open, whose state is gone); put the inode
+     * again, synced: each replica's WAL sync covers its earlier writes of
+     * the key. Chunks are synced when stored. */
+    if (!f->dirty && !sync) return 0;
     int rc = 0;
     while (rc == 0 && f->dchunks) rc = dchunk_store(fs, f, f->dchunks, sync);
     if (rc) return rc;

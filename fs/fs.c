@@ -1049,14 +1049,28 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
     list_entries(req, ino, size, off, fi, true);
 }
 
-/* Directory changes are puts acknowledged by W replicas; with the nodes'
- * default (group commit) each is in a synced WAL by then. */
 static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
                         struct fuse_file_info *fi) {
-    (void)ino;
     (void)datasync;
     (void)fi;
-    fuse_reply_err(req, 0);
+    qfs_fs *fs = fs_of(req);
+    fs_node *dn = fs__node_by_ino(fs, ino);
+    if (!dn) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    /* Directory changes went out unsynced; the directory object written
+     * again, synced, makes them durable on W replicas (their WAL sync
+     * covers the earlier writes of the key). */
+    fs_obj o;
+    fs__obj_init(&o);
+    pthread_mutex_lock(&dn->lock);
+    int rc = dir_get(fs, dn, &o);
+    if (rc == 0)
+        rc = fs__obj_put(fs, &dn->id, &o.ino, kv_buf_slice(&o.ctx), true, NULL);
+    pthread_mutex_unlock(&dn->lock);
+    fs__obj_release(&o);
+    fuse_reply_err(req, rc ? name_err(fs, rc, "fsyncdir", &dn->id) : 0);
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
@@ -1157,6 +1171,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 }
 
 static int writeback(qfs_fs *fs, fs_node *nd, bool sync) {
+    if (nd->ver) return 0; /* a conflict version: read-only, nothing to do */
     pthread_mutex_lock(&nd->lock);
     int rc = nd->file ? fs__file_writeback(fs, &nd->id, nd->file, sync) : 0;
     pthread_mutex_unlock(&nd->lock);

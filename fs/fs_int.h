@@ -102,7 +102,10 @@ int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx);
 uint64_t fs__inode_ver(const fs_inode *ino);
 /* A chunk's bytes, checked against its hash and length. */
 int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out);
-/* Store bytes as a chunk (unless stored already); sets c's hash and len. */
+/* Store bytes as a chunk (unless stored already); sets c's hash and len.
+ * Always in synced WALs (whatever sync says): a chunk found already
+ * stored is not written again, so a later fsync could not sync it; a
+ * 1 MiB chunk pays little for its fsync. */
 int fs__chunk_put(qfs_fs *fs, kv_slice bytes, bool sync, fs_chunk *c);
 /* A store error as an errno for the kernel; logs the ones that are not
  * plain answers (EIO). */

@@ -66,7 +66,10 @@ static int call(qfs_fs *fs, int op, kv_slice key, kv_slice ctx, kv_slice value,
                    .r = fs->o.r,
                    .w = fs->o.w,
                    .timeout_ms = fs->o.timeout_ms,
-                   .sync = sync};
+                   .sync = sync,
+                   /* Metadata goes out when W replicas have it in their
+                    * WALs (close's promise); fsync asks for synced WALs. */
+                   .nosync = !sync && op != OP_GET};
     int rc = -EIO;
     uint64_t deadline = kv_now_ns() / 1000000u + fs->o.timeout_ms;
     for (unsigned attempt = 0; attempt < 4; attempt++) {
@@ -318,7 +321,7 @@ int fs__chunk_put(qfs_fs *fs, kv_slice bytes, bool sync, fs_chunk *c) {
         goto out;
     if (rc == 0)
         rc = call(fs, OP_PUT, kv_buf_slice(&key), kv_slice_make(NULL, 0), bytes,
-                  sync, NULL);
+                  true, NULL); /* see fs__chunk_put's comment */
 out:
     kv_buf_release(&old);
     kv_buf_release(&key);

@@ -284,7 +284,9 @@ static int put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
     if (rc || key.len == 0) return rc ? rc : -EINVAL;
     /* Sizes (each field, and the frame as a whole) are the encoder's to
      * check, in call(): KV_ETOOLARGE before anything is sent. */
-    m.flags = flags | (o && o->sync ? REP_PUT_SYNC : 0);
+    if (o && o->sync && o->nosync) return -EINVAL;
+    m.flags = flags | (o && o->sync ? REP_PUT_SYNC : 0) |
+              (o && o->nosync ? REP_PUT_NOSYNC : 0);
     if ((rc = call(c, &m, deadline_for(c, &m)))) return rc;
     if (c->reply.type != REP_PUT_REPLY) return break_with(c, KV_EPROTO);
     if (c->reply.status == 0 && newctx)

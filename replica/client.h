@@ -28,6 +28,8 @@ typedef struct rep_opts {
     uint8_t n, r, w;
     uint32_t timeout_ms; /* the coordinator's deadline */
     bool sync;           /* put: acknowledged only from synced WALs */
+    bool nosync;         /* put: acknowledged once in the WALs, before their
+                          * fsync (not with sync: -EINVAL) */
 } rep_opts;
 
 /* Connect to "HOST:PORT" and exchange HELLOs, within timeout_ms. -EINVAL

@@ -36,7 +36,7 @@ struct req {
     int first_error;
     int forward_from; /* put forwarded: next preflist index to try */
     uint32_t timeout_ms;
-    bool done, sync, tombstone, have_obj;
+    bool done, sync, nosync, tombstone, have_obj;
     bool lww;     /* the key's bucket is last-writer-wins */
     bool merging; /* get: objects are being merged on the pool */
     struct pend *pending, *pending_tail; /* replies waiting for the merge */
@@ -346,6 +346,7 @@ static void on_rput_next(void *arg, int status, const rep_msg *reply) {
 static void send_rput(req *rq, kv_slice name, kv_slice addr, rep__peer_cb cb) {
     rep_msg m = {.type = REP_RPUT,
                  .flags = (rq->sync ? REP_PUT_SYNC : 0) |
+                          (rq->nosync ? REP_PUT_NOSYNC : 0) |
                           (rq->lww ? REP_PUT_LWW : 0),
                  .key = kv_buf_slice(&rq->key),
                  .value = kv_buf_slice(&rq->obj)};
@@ -422,6 +423,7 @@ static void forward_put(req *rq) {
                      .r = 1,
                      .flags = REP_PUT_FORWARDED |
                               (rq->sync ? REP_PUT_SYNC : 0) |
+                              (rq->nosync ? REP_PUT_NOSYNC : 0) |
                               (rq->tombstone ? REP_PUT_DELETE : 0),
                      .timeout_ms = left,
                      .key = kv_buf_slice(&rq->key),
@@ -702,6 +704,7 @@ static void local_call(req *rq) {
         op->value = kv_buf_slice(&rq->value);
         op->flags = (rq->tombstone ? REP_STORE_TOMBSTONE : 0) |
                     (rq->sync ? REP_STORE_SYNC : 0) |
+                    (rq->nosync ? REP_STORE_NOSYNC : 0) |
                     (rq->lww ? REP_STORE_LWW : 0);
         op->actor = n->actor;
         op->now_us = rep__now_us(n);
@@ -758,6 +761,7 @@ void rep__coord_start(conn *c, const rep_msg *m) {
     rq->type = m->type;
     rq->n = nrep;
     rq->sync = (m->flags & REP_PUT_SYNC) != 0;
+    rq->nosync = !rq->sync && (m->flags & REP_PUT_NOSYNC) != 0;
     rq->tombstone = (m->flags & REP_PUT_DELETE) != 0;
     rq->lww = rep__bucket_lww(n, m->key);
     rq->timeout_ms = m->timeout_ms ? m->timeout_ms : n->opt.timeout_ms;

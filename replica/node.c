@@ -243,6 +243,7 @@ static void serve_replica(conn *c, const rep_msg *m) {
     w->job.op.key = kv_buf_slice(&w->key);
     w->job.op.value = kv_buf_slice(&w->obj);
     w->job.op.flags = (m->flags & REP_PUT_SYNC ? REP_STORE_SYNC : 0) |
+                      (m->flags & REP_PUT_NOSYNC ? REP_STORE_NOSYNC : 0) |
                       (m->flags & REP_PUT_LWW ? REP_STORE_LWW : 0);
     w->job.op.actor = n->actor;
     w->job.done = replica_done;

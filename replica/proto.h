@@ -57,6 +57,9 @@ enum {
     REP_PUT_SYNC = 2,      /* acknowledge only once in a synced WAL */
     REP_PUT_FORWARDED = 4, /* put: from a node that is not a replica */
     REP_PUT_LWW = 8,       /* replica-put: the key's bucket is LWW */
+    /* acknowledge once in each replica's WAL, without waiting for its
+     * fsync (the filesystem's close; its fsync sends REP_PUT_SYNC) */
+    REP_PUT_NOSYNC = 16,
 };
 
 /* A decoded message. Slices borrow the frame's payload: from

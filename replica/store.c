@@ -228,11 +228,12 @@ static bool has_key(const rep_store_op *ops, size_t n, kv_slice key) {
 static void apply_group(rep_store *s, rep_store_op *ops, size_t n, eng_batch *b,
                         kv_buf *enc) {
     uint64_t want[STRIPES / 64] = {0};
-    bool sync = false;
+    bool sync = false, nosync = true;
     for (size_t i = 0; i < n; i++) {
         unsigned st = stripe_of(ops[i].key);
         want[st / 64] |= 1ull << (st % 64);
         sync |= (ops[i].flags & REP_STORE_SYNC) != 0;
+        nosync &= (ops[i].flags & REP_STORE_NOSYNC) != 0;
     }
     for (unsigned st = 0; st < STRIPES; st++)
         if (want[st / 64] >> (st % 64) & 1) pthread_mutex_lock(&s->locks[st]);
@@ -265,10 +266,11 @@ static void apply_group(rep_store *s, rep_store_op *ops, size_t n, eng_batch *b,
         dvv_set_free(old);
         okey_release(&k);
     }
-    int rc =
-        eng_batch_count(b) == 0
-            ? 0
-            : eng_db_write(s->db, b, sync ? ENG_WF_SYNC_GROUP : ENG_WF_DEFAULT);
+    int rc = eng_batch_count(b) == 0 ? 0
+                                     : eng_db_write(s->db, b,
+                                                    sync     ? ENG_WF_SYNC_GROUP
+                                                    : nosync ? ENG_WF_SYNC_NONE
+                                                             : ENG_WF_DEFAULT);
     for (unsigned st = 0; st < STRIPES; st++)
         if (want[st / 64] >> (st % 64) & 1) pthread_mutex_unlock(&s->locks[st]);
     for (size_t i = 0; rc && i < n; i++) {

@@ -45,6 +45,9 @@ enum {
      * timestamp (ties: the higher actor); merge keeps the set whose
      * winner is later. The winner: dvv_set_lww. */
     REP_STORE_LWW = 4,
+    /* Write the WAL without waiting for its fsync (when every op of the
+     * engine batch says so; one op that does not makes the batch wait). */
+    REP_STORE_NOSYNC = 8,
 };
 
 /* Coordinating put: stored object + (ctx, value or tombstone) at actor,

@@ -172,6 +172,25 @@ Test(node, put_returns_a_context_only_the_writer_has_seen) {
     rep_client_close(b);
 }
 
+/* A nosync put is acknowledged from the WAL before its fsync (the
+ * filesystem's close); asking for both sync and nosync is refused before
+ * anything is sent. */
+Test(node, nosync_puts_are_stored_and_exclusive_with_sync) {
+    start_node(60000);
+    rep_client *a = client();
+    OK(rep_client_put(a, S("k"), S(""), S("quick"),
+                      &(rep_opts){.nosync = true}));
+    dvv_set *s = get(a, "k");
+    expect_values(s, 1, (const char *[]){"quick"});
+    dvv_set_free(s);
+    EXPECT_RC(rep_client_put(a, S("k"), S(""), S("x"),
+                             &(rep_opts){.sync = true, .nosync = true}),
+              -EINVAL);
+    /* The connection is still good. */
+    OK(rep_client_put(a, S("k2"), S(""), S("v"), &(rep_opts){.sync = true}));
+    rep_client_close(a);
+}
+
 Test(node, bad_requests_are_refused_and_the_client_stays_usable) {
     start_node(60000);
     rep_client *c = client();
