@@ -26,6 +26,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+static void dcache_drop(fs_node *dn);
+
 static qfs_fs *fs_of(fuse_req_t req) {
     return fuse_req_userdata(req);
 }
@@ -397,6 +399,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
     } else {
         fs_obj o;
         fs__obj_init(&o);
+        dcache_drop(nd);
         rc = fs__obj_get(fs, &nd->id, &o);
         if (rc == 0) {
             apply_attrs(&o.ino, attr, to_set);
@@ -441,15 +444,58 @@ static int dir_get(qfs_fs *fs, fs_node *dn, fs_obj *o) {
     return rc;
 }
 
+/* A directory's last write by this mount, with the context its put
+ * returned, is kept for the next create in it (dn->lock held): that
+ * create skips a read. Only creates use it, and only for entry_timeout:
+ * the kernel looked the new name up (fresh) just before, and a name
+ * another mount added meanwhile merges as a rival. A put that returns no
+ * context (another version exists) keeps nothing; every other change to
+ * the directory drops it. */
+static void dcache_drop(fs_node *dn) {
+    if (!dn->dcache) return;
+    fs__obj_release(dn->dcache);
+    kv_free(dn->dcache);
+    dn->dcache = NULL;
+}
+
+static bool dcache_take(qfs_fs *fs, fs_node *dn, fs_obj *o) {
+    if (!dn->dcache) return false;
+    uint64_t age = kv_now_ns() - dn->dcache_ns;
+    if ((double)age > fs->o.entry_timeout * 1e9) {
+        dcache_drop(dn);
+        return false;
+    }
+    fs__obj_release(o);
+    *o = *dn->dcache; /* moved */
+    kv_free(dn->dcache);
+    dn->dcache = NULL;
+    return true;
+}
+
+static void dcache_keep(fs_node *dn, fs_obj *o, kv_buf *newctx) {
+    dcache_drop(dn);
+    fs_obj *c = newctx->len ? kv_malloc(sizeof *c) : NULL;
+    if (!c) return;
+    *c = *o; /* moved */
+    kv_buf_release(&c->ctx);
+    c->ctx = *newctx;
+    c->have_ctx = true;
+    kv_buf_init(newctx);
+    fs__obj_init(o);
+    dn->dcache = c;
+    dn->dcache_ns = kv_now_ns();
+}
+
 /* This mount's actor in directory dots. */
 static uint64_t actor_of(qfs_fs *fs) {
     return __atomic_load_n(&fs->actor, __ATOMIC_RELAXED);
 }
 
-static int dir_put(qfs_fs *fs, fs_node *dn, fs_obj *o) {
+static int dir_put(qfs_fs *fs, fs_node *dn, fs_obj *o, kv_buf *newctx) {
     o->ino.mtime_ns = o->ino.ctime_ns = wall_ns();
+    dcache_drop(dn);
     int rc =
-        fs__obj_put(fs, &dn->id, &o->ino, kv_buf_slice(&o->ctx), false, NULL);
+        fs__obj_put(fs, &dn->id, &o->ino, kv_buf_slice(&o->ctx), false, newctx);
     if (rc) {
         /* The put may have landed on some replica after all, with a dot
          * this mount would hand out again (its next read may not see
@@ -505,7 +551,7 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     fs_obj dir;
     fs__obj_init(&dir);
     pthread_mutex_lock(&dn->lock);
-    if (rc == 0) rc = dir_get(fs, dn, &dir);
+    if (rc == 0 && !dcache_take(fs, dn, &dir)) rc = dir_get(fs, dn, &dir);
     shown old;
     if (rc == 0) {
         rc = resolve(fs, &dir.ino, name, &old);
@@ -521,7 +567,10 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     if (rc == 0)
         rc = fs__obj_put(fs, &id, &ino, kv_slice_make(NULL, 0), false, &newctx);
     if (rc == 0) rc = fs_dir_add(&dir.ino, name, &id, t, actor_of(fs));
-    if (rc == 0) rc = dir_put(fs, dn, &dir);
+    kv_buf dirctx = KV_BUF_INIT;
+    if (rc == 0) rc = dir_put(fs, dn, &dir, &dirctx);
+    if (rc == 0) dcache_keep(dn, &dir, &dirctx);
+    kv_buf_release(&dirctx);
     pthread_mutex_unlock(&dn->lock);
     fs__obj_release(&dir);
     if (rc) {
@@ -725,7 +774,7 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
         char ename[FS_NAME_MAX + 1];
         snprintf(ename, sizeof ename, "%s", e.name);
         fs_dir_remove(&dir.ino, ename, &cid);
-        rc = dir_put(fs, dn, &dir);
+        rc = dir_put(fs, dn, &dir, NULL);
     }
     pthread_mutex_unlock(&dn->lock);
     if (rc == 0) {
@@ -848,13 +897,13 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
             kv_free(keep[i].name);
         }
     }
-    if (rc == 0 && sn != tn) rc = dir_put(fs, tn, &tdir);
+    if (rc == 0 && sn != tn) rc = dir_put(fs, tn, &tdir, NULL);
     if (rc == 0) {
         /* Within one directory under the same name (a rival made the
          * value), the add above already took the old entry's place. */
         if (sn != tn || strcmp(sname, newname) != 0)
             fs_dir_remove(&sdir.ino, sname, &id);
-        rc = dir_put(fs, sn, &sdir);
+        rc = dir_put(fs, sn, &sdir, NULL);
     }
     unlock_two(sn, tn);
     if (rc == 1) rc = 0;
@@ -1065,6 +1114,7 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
     fs_obj o;
     fs__obj_init(&o);
     pthread_mutex_lock(&dn->lock);
+    dcache_drop(dn);
     int rc = dir_get(fs, dn, &o);
     if (rc == 0)
         rc = fs__obj_put(fs, &dn->id, &o.ino, kv_buf_slice(&o.ctx), true, NULL);
@@ -1333,6 +1383,7 @@ static int xattr_change(qfs_fs *fs, fs_node *nd, const char *name,
         rc = file_acquire(fs, nd);
         ino = rc == 0 ? &nd->file->obj.ino : NULL;
     } else {
+        dcache_drop(nd);
         rc = fs__obj_get(fs, &nd->id, &tmp);
         ino = &tmp.ino;
     }

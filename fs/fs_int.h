@@ -57,13 +57,17 @@ typedef struct fs_node {
     fs_id id;
     uint64_t ver; /* 0, or a conflict version of the file (read-only) */
     uint8_t type;
-    uint64_t nlookup;     /* [fs->mu] the kernel's references */
-    uint32_t holds;       /* [fs->mu] open handles and callers' claims */
-    bool dead;            /* [fs->mu] unchained, being freed */
-    uint32_t opens;       /* [lock] */
-    bool unlinked;        /* [lock] its last name is gone: delete on release */
-    pthread_mutex_t lock; /* serialises changes to the object */
-    fs_file *file;        /* [lock] while open */
+    uint64_t nlookup;      /* [fs->mu] the kernel's references */
+    uint32_t holds;        /* [fs->mu] open handles and callers' claims */
+    bool dead;             /* [fs->mu] unchained, being freed */
+    uint32_t opens;        /* [lock] */
+    bool unlinked;         /* [lock] its last name is gone: delete on release */
+    pthread_mutex_t lock;  /* serialises changes to the object */
+    fs_file *file;         /* [lock] while open */
+    struct fs_obj *dcache; /* [lock] directories: this mount's last write
+                            * of the object, with the context its put
+                            * returned (see fs.c, dcache_take) */
+    uint64_t dcache_ns;    /* [lock] when dcache was written */
     struct fs_node *next_ino, *next_id; /* [fs->mu] hash chains */
 } fs_node;
 

@@ -86,6 +86,10 @@ static void unchain(qfs_fs *fs, fs_node *nd) {
 
 static void node_free(fs_node *nd) {
     fs__file_free(nd->file); /* only a state whose write-back failed */
+    if (nd->dcache) {
+        fs__obj_release(nd->dcache);
+        kv_free(nd->dcache);
+    }
     pthread_mutex_destroy(&nd->lock);
     kv_free(nd);
 }
