@@ -265,7 +265,6 @@ int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
         if (rc == 0 && cur.nsib == 0 && cur.ver == f->put_ver) {
             /* The one version is ours: nobody wrote or resolved since. */
             rc = kv_buf_set(&f->obj.ctx, cur.ctx.ptr, cur.ctx.len);
-            f->obj.have_ctx = true;
         } else if (rc == KV_ENOTFOUND) {
             rc = 0; /* deleted meanwhile: this write brings it back */
         }

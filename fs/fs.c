@@ -32,6 +32,14 @@ static qfs_fs *fs_of(fuse_req_t req) {
     return fuse_req_userdata(req);
 }
 
+/* The node of ino, or NULL after replying ESTALE (a node id the kernel
+ * should not have any more). */
+static fs_node *node_of(fuse_req_t req, fuse_ino_t ino) {
+    fs_node *nd = fs__node_by_ino(fuse_req_userdata(req), ino);
+    if (!nd) fuse_reply_err(req, ESTALE);
+    return nd;
+}
+
 static int64_t wall_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -252,11 +260,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
         fuse_reply_err(req, ENAMETOOLONG);
         return;
     }
-    fs_node *dn = fs__node_by_ino(fs, parent);
-    if (!dn) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *dn = node_of(req, parent);
+    if (!dn) return;
     fs_obj dir, child;
     fs__obj_init(&dir);
     fs__obj_init(&child);
@@ -293,11 +298,8 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
                        struct fuse_file_info *fi) {
     (void)fi;
     qfs_fs *fs = fs_of(req);
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     fs_obj o;
     fs__obj_init(&o);
     pthread_mutex_lock(&nd->lock);
@@ -367,11 +369,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
                        int to_set, struct fuse_file_info *fi) {
     (void)fi;
     qfs_fs *fs = fs_of(req);
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     int rc = 0;
     struct stat st;
     if (nd->ver) {
@@ -479,7 +478,6 @@ static void dcache_keep(fs_node *dn, fs_obj *o, kv_buf *newctx) {
     *c = *o; /* moved */
     kv_buf_release(&c->ctx);
     c->ctx = *newctx;
-    c->have_ctx = true;
     kv_buf_init(newctx);
     fs__obj_init(o);
     dn->dcache = c;
@@ -526,11 +524,8 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
         fuse_reply_err(req, err);
         return;
     }
-    fs_node *dn = fs__node_by_ino(fs, parent);
-    if (!dn) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *dn = node_of(req, parent);
+    if (!dn) return;
     const struct fuse_ctx *cx = fuse_req_ctx(req);
     fs_inode ino;
     fs_inode_init(&ino, (fs_type)t);
@@ -612,7 +607,6 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     f->obj.ino = ino; /* moved */
     kv_buf_release(&f->obj.ctx);
     f->obj.ctx = newctx; /* moved */
-    f->obj.have_ctx = newctx.len > 0;
     f->ctx_stale = newctx.len == 0;
     pthread_mutex_lock(&nd->lock);
     if (nd->file) {
@@ -738,11 +732,8 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
         fuse_reply_err(req, err);
         return;
     }
-    fs_node *dn = fs__node_by_ino(fs, parent);
-    if (!dn) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *dn = node_of(req, parent);
+    if (!dn) return;
     fs_obj dir, child;
     fs__obj_init(&dir);
     fs__obj_init(&child);
@@ -919,11 +910,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino) {
     qfs_fs *fs = fs_of(req);
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     fs_obj o;
     fs__obj_init(&o);
     int rc = fs__obj_get(fs, &nd->id, &o);
@@ -1016,11 +1004,8 @@ static int listing_make(qfs_fs *fs, const fs_inode *dir, fs_listing **out) {
 static void op_opendir(fuse_req_t req, fuse_ino_t ino,
                        struct fuse_file_info *fi) {
     qfs_fs *fs = fs_of(req);
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     fs_obj o;
     fs__obj_init(&o);
     fs_listing *l = NULL;
@@ -1103,11 +1088,8 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
     (void)datasync;
     (void)fi;
     qfs_fs *fs = fs_of(req);
-    fs_node *dn = fs__node_by_ino(fs, ino);
-    if (!dn) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *dn = node_of(req, ino);
+    if (!dn) return;
     /* Directory changes went out unsynced; the directory object written
      * again, synced, makes them durable on W replicas (their WAL sync
      * covers the earlier writes of the key). */
@@ -1134,11 +1116,8 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     qfs_fs *fs = fs_of(req);
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     int rc = 0;
     if (nd->ver &&
         ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
@@ -1452,11 +1431,8 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
         fuse_reply_err(req, err);
         return;
     }
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     int rc = xattr_change(fs, nd, name, value ? value : "", size, flags);
     fuse_reply_err(req, rc ? name_err(fs, rc, "setxattr", &nd->id) : 0);
 }
@@ -1468,11 +1444,8 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
         fuse_reply_err(req, err);
         return;
     }
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     int rc = xattr_change(fs, nd, name, NULL, 0, 0);
     fuse_reply_err(req, rc ? name_err(fs, rc, "removexattr", &nd->id) : 0);
 }
@@ -1485,11 +1458,8 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
         fuse_reply_err(req, err == ENOTSUP ? ENODATA : err);
         return;
     }
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     if (!strcmp(name, QFS_XATTR_VCLOCK) || !strcmp(name, QFS_XATTR_SIBLINGS)) {
         kv_buf v = KV_BUF_INIT;
         int rc = qfs_xattr(fs, nd, name, &v);
@@ -1526,11 +1496,8 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     qfs_fs *fs = fs_of(req);
-    fs_node *nd = fs__node_by_ino(fs, ino);
-    if (!nd) {
-        fuse_reply_err(req, ESTALE);
-        return;
-    }
+    fs_node *nd = node_of(req, ino);
+    if (!nd) return;
     fs_obj o;
     fs__obj_init(&o);
     kv_buf list = KV_BUF_INIT;

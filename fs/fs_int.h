@@ -21,8 +21,6 @@
 typedef struct fs_obj {
     fs_inode ino;
     kv_buf ctx;
-    bool have_ctx;
-    bool merged;    /* a directory with siblings, merged here */
     uint64_t ver;   /* the winner's version hash (see fs__obj_get) */
     fs_inode *sibs; /* files: the other versions, best first */
     uint64_t *sib_vers;
@@ -82,7 +80,6 @@ struct qfs_fs {
     fs_node *by_ino[FS_NODE_BUCKETS];
     fs_node *by_id[FS_NODE_BUCKETS];
     uint64_t next_ino;
-    uint64_t nnodes;
 };
 
 /* store.c */

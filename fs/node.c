@@ -63,7 +63,6 @@ fs_node *fs__node_get(qfs_fs *fs, const fs_id *id, uint64_t ver, uint8_t type,
         size_t hi = hash_ino(nd->ino);
         nd->next_ino = fs->by_ino[hi];
         fs->by_ino[hi] = nd;
-        fs->nnodes++;
     }
     if (nd && lookups)
         nd->nlookup += lookups;
@@ -81,7 +80,6 @@ static void unchain(qfs_fs *fs, fs_node *nd) {
     p = &fs->by_ino[hash_ino(nd->ino)];
     while (*p != nd) p = &(*p)->next_ino;
     *p = nd->next_ino;
-    fs->nnodes--;
 }
 
 static void node_free(fs_node *nd) {
@@ -142,5 +140,4 @@ void fs__nodes_free(qfs_fs *fs) {
         fs->by_id[h] = NULL;
         fs->by_ino[h] = NULL;
     }
-    fs->nnodes = 0;
 }

@@ -178,7 +178,6 @@ int fs__obj_get(qfs_fs *fs, const fs_id *id, fs_obj *o) {
     if (rc == 0) rc = dvv_set_join(set, &ctx);
     if (rc == 0) rc = dvv_ctx_encode(ctx, &o->ctx);
     if (rc) goto out;
-    o->have_ctx = true;
     size_t n = dvv_set_siblings(set);
     live = kv_calloc(n ? n : 1, sizeof *live);
     if (!live) {
@@ -222,7 +221,6 @@ int fs__obj_get(qfs_fs *fs, const fs_id *id, fs_obj *o) {
         for (size_t i = 1; rc == 0 && i < nlive; i++)
             if (live[i].ino.type == FS_DIR)
                 rc = fs_dir_merge(&o->ino, &live[i].ino);
-        o->merged = true;
     } else if (nlive > 1) {
         o->sibs = kv_calloc(nlive - 1, sizeof *o->sibs);
         o->sib_vers = kv_calloc(nlive - 1, sizeof *o->sib_vers);
