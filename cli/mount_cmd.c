@@ -47,7 +47,7 @@ typedef struct mount_cfg {
 static int connect_embedded(void *arg, unsigned attempt, rep_client **out) {
     (void)attempt;
     mount_cfg *m = arg;
-    return rep_node_connect(m->node, m->fo.timeout_ms, out);
+    return rep_node_connect_local(m->node, m->fo.timeout_ms, out);
 }
 
 static int connect_cluster(void *arg, unsigned attempt, rep_client **out) {

@@ -20,13 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
-
-static void dcache_drop(fs_node *dn);
 
 static qfs_fs *fs_of(fuse_req_t req) {
     return fuse_req_userdata(req);
@@ -95,24 +92,45 @@ static bool name_ok(const char *name, int *err) {
 
 /* ---- names in a directory ---- */
 
-/* The entries of dir named name, best first (highest dot). */
-static size_t entries_of(const fs_inode *dir, const char *name,
+/* Directory objects that hold a name's entries: the objects of its path
+ * (fs__dview_path_of), or one listing of them all. */
+typedef struct dset {
+    const fs_inode *d[FS_SHARD_LEVELS + 1];
+    size_t n;
+} dset;
+
+static void path_set(fs_dview *v, const char *name, dset *ds) {
+    ds->n = fs__dview_path_of(v, name, ds->d, FS_SHARD_LEVELS + 1);
+}
+
+/* Rivals rank by their dots: the higher counter, then the higher actor,
+ * then the lower id (dots of different shards may be equal). */
+static bool ranks_first(const fs_dirent *a, const fs_dirent *b) {
+    if (a->dot.counter != b->dot.counter)
+        return a->dot.counter > b->dot.counter;
+    if (a->dot.actor != b->dot.actor) return a->dot.actor > b->dot.actor;
+    return memcmp(a->id.b, b->id.b, FS_ID_LEN) < 0;
+}
+
+/* The entries named name, best first. */
+static size_t entries_of(const dset *ds, const char *name,
                          const fs_dirent **out, size_t cap) {
-    size_t n = 0, pos = 0;
-    ssize_t i;
-    while ((i = fs_dir_find(dir, name, &pos)) >= 0) {
-        const fs_dirent *e = &dir->entries[i];
-        if (strcmp(e->name, name) != 0) break;
-        /* Keep the best cap entries, best first (a full array drops its
-         * last when a better one comes). */
-        size_t j = n < cap ? n++ : cap;
-        while (j > 0 && (e->dot.counter > out[j - 1]->dot.counter ||
-                         (e->dot.counter == out[j - 1]->dot.counter &&
-                          e->dot.actor > out[j - 1]->dot.actor))) {
-            if (j < cap) out[j] = out[j - 1];
-            j--;
+    size_t n = 0;
+    for (size_t d = 0; d < ds->n; d++) {
+        size_t pos = 0;
+        ssize_t i;
+        while ((i = fs_dir_find(ds->d[d], name, &pos)) >= 0) {
+            const fs_dirent *e = &ds->d[d]->entries[i];
+            if (strcmp(e->name, name) != 0) break;
+            /* Keep the best cap entries, best first (a full array drops
+             * its last when a better one comes). */
+            size_t j = n < cap ? n++ : cap;
+            while (j > 0 && ranks_first(e, out[j - 1])) {
+                if (j < cap) out[j] = out[j - 1];
+                j--;
+            }
+            if (j < cap) out[j] = e;
         }
-        if (j < cap) out[j] = e;
     }
     return n;
 }
@@ -138,10 +156,10 @@ static void fill_stat(const fs_id *id, uint64_t ver, const fs_inode *ino,
  * object is `name`, then its other versions, then the next entry's
  * object and its versions, ...: `name.conflict-1`, `-2`, ... Reads the
  * objects of file entries that have rivals or might have versions. */
-static int shown_of(qfs_fs *fs, const fs_inode *dir, const char *name,
-                    shown *out, size_t cap, size_t *count) {
+static int shown_of(qfs_fs *fs, const dset *ds, const char *name, shown *out,
+                    size_t cap, size_t *count) {
     const fs_dirent *es[MAX_SAME_NAME];
-    size_t n = entries_of(dir, name, es, MAX_SAME_NAME), k = 0;
+    size_t n = entries_of(ds, name, es, MAX_SAME_NAME), k = 0;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < n && k < cap; i++) {
         shown *first = &out[k++];
@@ -173,12 +191,16 @@ static int shown_of(qfs_fs *fs, const fs_inode *dir, const char *name,
     return rc;
 }
 
-/* Resolve a shown name: "x" (the best entry of x) or "x.conflict-N".
- * KV_ENOTFOUND if nothing is shown under it. */
-static int resolve(qfs_fs *fs, const fs_inode *dir, const char *name,
-                   shown *out) {
+/* Resolve a shown name in directory v (reading the paths it needs): "x"
+ * (the best entry of x) or "x.conflict-N". KV_ENOTFOUND if nothing is
+ * shown under it. */
+static int resolve(qfs_fs *fs, fs_dview *v, const char *name, shown *out) {
     const fs_dirent *es[1];
-    if (entries_of(dir, name, es, 1) > 0) {
+    dset ds;
+    int rc = fs__dview_path(fs, v, name);
+    if (rc) return rc;
+    path_set(v, name, &ds);
+    if (entries_of(&ds, name, es, 1) > 0) {
         *out = (shown){es[0]->id, es[0]->type, 0, es[0]->name, false, {0}};
         return 0;
     }
@@ -198,10 +220,12 @@ static int resolve(qfs_fs *fs, const fs_inode *dir, const char *name,
     if (blen == 0 || blen > FS_NAME_MAX) return KV_ENOTFOUND;
     memcpy(base, name, blen);
     base[blen] = 0;
+    if ((rc = fs__dview_path(fs, v, base))) return rc;
+    path_set(v, base, &ds);
     shown *all = kv_calloc(MAX_SHOWN, sizeof *all);
     if (!all) return -ENOMEM;
     size_t n;
-    int rc = shown_of(fs, dir, base, all, MAX_SHOWN, &n);
+    rc = shown_of(fs, &ds, base, all, MAX_SHOWN, &n);
     if (rc == 0 && (size_t)k >= n) rc = KV_ENOTFOUND;
     if (rc == 0) *out = all[k];
     kv_free(all);
@@ -251,6 +275,83 @@ static void reply_entry(fuse_req_t req, qfs_fs *fs, const fs_id *id,
     if (fuse_reply_entry(req, &e) != 0) fs__node_forget(fs, nd, 1);
 }
 
+/* ---- recent shards ----
+ *
+ * A directory node keeps the objects of the directory this mount read or
+ * wrote lately (dn->dcache, dn->lock held), each with its context. A
+ * create, remove or rename uses the ones younger than entry_timeout
+ * instead of reading them again: the kernel looked the names up (fresh)
+ * just before, and a change on a slightly older copy is a concurrent
+ * change, which the add-wins set merges (a name another mount added
+ * meanwhile shows as a rival). getattr uses level 0 for attr_timeout, as
+ * the kernel would its cached attributes. Lookups and listings always
+ * read the store. */
+
+static void recent_drop(fs_node *dn) {
+    if (!dn->dcache) return;
+    fs__dview_release(dn->dcache);
+    kv_free(dn->dcache);
+    dn->dcache = NULL;
+}
+
+/* The recent view of dn (or a new empty one) for a change; NULL on
+ * -ENOMEM. Give it back with recent_keep. */
+static fs_dview *recent_take(qfs_fs *fs, fs_node *dn) {
+    fs_dview *v = dn->dcache;
+    dn->dcache = NULL;
+    if (!v) {
+        v = kv_malloc(sizeof *v);
+        if (v) fs__dview_init(v, &dn->id);
+        return v;
+    }
+    uint64_t now = kv_now_ns(), age = (uint64_t)(fs->o.entry_timeout * 1e9);
+    fs__dview_expire(v, now > age ? now - age : 0);
+    return v;
+}
+
+/* Keep v's fresh objects as dn's recent ones, and note what it wrote
+ * unsynced (v is consumed). */
+static void recent_keep(fs_node *dn, fs_dview *v) {
+    if (!v) return;
+    fs__dview_wrote(dn, v); /* for fsyncdir */
+    if (!dn->dcache) {
+        fs_dview *d = kv_malloc(sizeof *d);
+        if (d) {
+            fs__dview_init(d, &dn->id);
+            fs__dview_absorb(d, v);
+            dn->dcache = d;
+        }
+    } else {
+        fs__dview_absorb(dn->dcache, v);
+    }
+    fs__dview_release(v);
+    kv_free(v);
+}
+
+/* A fresh view read outside dn->lock joins the recent ones if the lock is
+ * free (v is released either way, not freed). */
+static void recent_offer(fs_node *dn, fs_dview *v) {
+    if (pthread_mutex_trylock(&dn->lock) == 0) {
+        if (!dn->dcache) {
+            fs_dview *d = kv_malloc(sizeof *d);
+            if (d) fs__dview_init(d, &dn->id);
+            dn->dcache = d;
+        }
+        if (dn->dcache) fs__dview_absorb(dn->dcache, v);
+        pthread_mutex_unlock(&dn->lock);
+    }
+    fs__dview_release(v);
+}
+
+/* Level 0 of dn if read or written in the last max_age seconds (dn->lock
+ * held). */
+static const fs_inode *recent_attrs(fs_node *dn, double max_age) {
+    if (!dn->dcache) return NULL;
+    fs_shard *s = fs__dview_find(dn->dcache, 0, 0);
+    if (!s || (double)(kv_now_ns() - s->at_ns) > max_age * 1e9) return NULL;
+    return &s->obj.ino;
+}
+
 /* ---- lookup, getattr, setattr ---- */
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
@@ -262,13 +363,12 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     }
     fs_node *dn = node_of(req, parent);
     if (!dn) return;
-    fs_obj dir, child;
-    fs__obj_init(&dir);
+    fs_obj child;
     fs__obj_init(&child);
-    int rc = fs__obj_get(fs, &dn->id, &dir);
-    if (rc == 0 && dir.ino.type != FS_DIR) rc = -ENOTDIR;
+    fs_dview v;
+    fs__dview_init(&v, &dn->id);
     shown e;
-    if (rc == 0) rc = resolve(fs, &dir.ino, name, &e);
+    int rc = resolve(fs, &v, name, &e);
     if (rc == 0) {
         /* Attributes as this mount sees them: its open state if open. */
         fs_node *cn = fs__node_get(fs, &e.id, e.ver, e.type, 0);
@@ -290,8 +390,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     } else {
         reply_entry(req, fs, &e.id, e.ver, &child.ino);
     }
+    recent_offer(dn, &v);
     fs__obj_release(&child);
-    fs__obj_release(&dir);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino,
@@ -303,7 +403,8 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
     fs_obj o;
     fs__obj_init(&o);
     pthread_mutex_lock(&nd->lock);
-    int rc = node_inode(fs, nd, &o);
+    const fs_inode *c = recent_attrs(nd, fs->o.attr_timeout);
+    int rc = c ? fs_inode_copy(&o.ino, c) : node_inode(fs, nd, &o);
     pthread_mutex_unlock(&nd->lock);
     if (rc) {
         fuse_reply_err(req, fs__errno(fs, rc, "getattr", &nd->id));
@@ -398,7 +499,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
     } else {
         fs_obj o;
         fs__obj_init(&o);
-        dcache_drop(nd);
+        recent_drop(nd);
         rc = fs__obj_get(fs, &nd->id, &o);
         if (rc == 0) {
             apply_attrs(&o.ino, attr, to_set);
@@ -436,75 +537,13 @@ static void unlock_two(fs_node *a, fs_node *b) {
     if (a != b) pthread_mutex_unlock(&b->lock);
 }
 
-/* Read directory dn's object for a change: ENOTDIR if it is not one. */
-static int dir_get(qfs_fs *fs, fs_node *dn, fs_obj *o) {
-    int rc = fs__obj_get(fs, &dn->id, o);
-    if (rc == 0 && o->ino.type != FS_DIR) rc = -ENOTDIR;
-    return rc;
-}
-
-/* A directory's last write by this mount, with the context its put
- * returned, is kept for the next create in it (dn->lock held): that
- * create skips a read. Only creates use it, and only for entry_timeout:
- * the kernel looked the new name up (fresh) just before, and a name
- * another mount added meanwhile merges as a rival. A put that returns no
- * context (another version exists) keeps nothing; every other change to
- * the directory drops it. */
-static void dcache_drop(fs_node *dn) {
-    if (!dn->dcache) return;
-    fs__obj_release(dn->dcache);
-    kv_free(dn->dcache);
-    dn->dcache = NULL;
-}
-
-static bool dcache_take(qfs_fs *fs, fs_node *dn, fs_obj *o) {
-    if (!dn->dcache) return false;
-    uint64_t age = kv_now_ns() - dn->dcache_ns;
-    if ((double)age > fs->o.entry_timeout * 1e9) {
-        dcache_drop(dn);
-        return false;
-    }
-    fs__obj_release(o);
-    *o = *dn->dcache; /* moved */
-    kv_free(dn->dcache);
-    dn->dcache = NULL;
-    return true;
-}
-
-static void dcache_keep(fs_node *dn, fs_obj *o, kv_buf *newctx) {
-    dcache_drop(dn);
-    fs_obj *c = newctx->len ? kv_malloc(sizeof *c) : NULL;
-    if (!c) return;
-    *c = *o; /* moved */
-    kv_buf_release(&c->ctx);
-    c->ctx = *newctx;
-    kv_buf_init(newctx);
-    fs__obj_init(o);
-    dn->dcache = c;
-    dn->dcache_ns = kv_now_ns();
-}
-
-/* This mount's actor in directory dots. */
-static uint64_t actor_of(qfs_fs *fs) {
-    return __atomic_load_n(&fs->actor, __ATOMIC_RELAXED);
-}
-
-static int dir_put(qfs_fs *fs, fs_node *dn, fs_obj *o, kv_buf *newctx) {
-    o->ino.mtime_ns = o->ino.ctime_ns = wall_ns();
-    dcache_drop(dn);
-    int rc =
-        fs__obj_put(fs, &dn->id, &o->ino, kv_buf_slice(&o->ctx), false, newctx);
-    if (rc) {
-        /* The put may have landed on some replica after all, with a dot
-         * this mount would hand out again (its next read may not see
-         * it): two entries with one dot would merge as one. A new actor
-         * never reuses a dot. */
-        uint64_t a;
-        while (getrandom(&a, sizeof a, 0) < 0 && errno == EINTR) {
-        }
-        __atomic_store_n(&fs->actor, a, __ATOMIC_RELAXED);
-    }
-    return rc;
+/* Whether directory id is empty, reading all its objects into v (for
+ * fs__dview_delete once its name is gone). A directory already deleted
+ * counts as empty (its name dangles). */
+static int dir_empty(qfs_fs *fs, fs_dview *v) {
+    int rc = fs__dview_all(fs, v);
+    if (rc == 0 && fs__dview_count(v) > 0) rc = -ENOTEMPTY;
+    return rc == KV_ENOTFOUND ? 0 : rc;
 }
 
 /* Errors of name operations: plain errnos pass, store errors map. */
@@ -543,17 +582,17 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     }
     fs_id id;
     fs_id_random(&id);
-    fs_obj dir;
-    fs__obj_init(&dir);
     pthread_mutex_lock(&dn->lock);
-    if (rc == 0 && !dcache_take(fs, dn, &dir)) rc = dir_get(fs, dn, &dir);
+    fs_dview *v = rc == 0 ? recent_take(fs, dn) : NULL;
+    if (rc == 0 && !v) rc = -ENOMEM;
     shown old;
     if (rc == 0) {
-        rc = resolve(fs, &dir.ino, name, &old);
+        rc = resolve(fs, v, name, &old);
         rc = rc == 0 ? -EEXIST : rc == KV_ENOTFOUND ? 0 : rc;
     }
-    if (rc == 0 && (dir.ino.mode & S_ISGID)) {
-        ino.gid = dir.ino.gid; /* BSD group semantics under setgid */
+    const fs_inode *attrs = rc == 0 ? fs__dview_attrs(v) : NULL;
+    if (attrs && (attrs->mode & S_ISGID)) {
+        ino.gid = attrs->gid; /* BSD group semantics under setgid */
         if (t == FS_DIR) ino.mode |= S_ISGID;
     }
     /* The object first, then its name: a crash between leaves an object
@@ -561,13 +600,10 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     kv_buf newctx = KV_BUF_INIT;
     if (rc == 0)
         rc = fs__obj_put(fs, &id, &ino, kv_slice_make(NULL, 0), false, &newctx);
-    if (rc == 0) rc = fs_dir_add(&dir.ino, name, &id, t, actor_of(fs));
-    kv_buf dirctx = KV_BUF_INIT;
-    if (rc == 0) rc = dir_put(fs, dn, &dir, &dirctx);
-    if (rc == 0) dcache_keep(dn, &dir, &dirctx);
-    kv_buf_release(&dirctx);
+    if (rc == 0) rc = fs__dview_add(fs, v, name, &id, t, NULL);
+    if (rc == 0) rc = fs__dview_put(fs, v, false);
+    recent_keep(dn, v);
     pthread_mutex_unlock(&dn->lock);
-    fs__obj_release(&dir);
     if (rc) {
         kv_buf_release(&newctx);
         fuse_reply_err(req, name_err(fs, rc, "create", &dn->id));
@@ -734,14 +770,14 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
     }
     fs_node *dn = node_of(req, parent);
     if (!dn) return;
-    fs_obj dir, child;
-    fs__obj_init(&dir);
-    fs__obj_init(&child);
     fs_id cid;
+    fs_dview child;
+    fs__dview_init(&child, &dn->id);
     pthread_mutex_lock(&dn->lock);
-    int rc = dir_get(fs, dn, &dir);
+    fs_dview *v = recent_take(fs, dn);
+    int rc = v ? 0 : -ENOMEM;
     shown e;
-    if (rc == 0) rc = resolve(fs, &dir.ino, name, &e);
+    if (rc == 0) rc = resolve(fs, v, name, &e);
     if (rc == 0) {
         cid = e.id;
         if (rmdir && e.type != FS_DIR) rc = -ENOTDIR;
@@ -749,32 +785,32 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
     }
     if (rc == 0 && e.ver) {
         /* name.conflict-N of a file's version: discard that version. */
+        recent_keep(dn, v);
         pthread_mutex_unlock(&dn->lock);
         rc = settle_versions(fs, &cid, 0, e.ver);
         fuse_reply_err(req, rc ? name_err(fs, rc, "remove", &cid) : 0);
-        fs__obj_release(&dir);
         return;
     }
     if (rc == 0 && rmdir) {
-        rc = fs__obj_get(fs, &cid, &child);
-        if (rc == 0 && child.ino.nentries > 0) rc = -ENOTEMPTY;
-        if (rc == KV_ENOTFOUND) rc = 0; /* a dangling name: remove it */
+        child.id = cid;
+        rc = dir_empty(fs, &child);
     }
     if (rc == 0) {
         /* Remove exactly the entry shown under this name. */
         char ename[FS_NAME_MAX + 1];
         snprintf(ename, sizeof ename, "%s", e.name);
-        fs_dir_remove(&dir.ino, ename, &cid);
-        rc = dir_put(fs, dn, &dir, NULL);
+        fs__dview_remove(v, ename, &cid);
+        rc = fs__dview_put(fs, v, false);
     }
+    recent_keep(dn, v);
     pthread_mutex_unlock(&dn->lock);
     if (rc == 0) {
         int r2 = drop_object(fs, &cid);
+        if (r2 == 0 && rmdir) r2 = fs__dview_delete(fs, &child);
         if (r2) fs__errno(fs, r2, "delete", &cid); /* logged; name is gone */
     }
     fuse_reply_err(req, rc ? name_err(fs, rc, "remove", &dn->id) : 0);
-    fs__obj_release(&child);
-    fs__obj_release(&dir);
+    fs__dview_release(&child);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
@@ -804,19 +840,17 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
         fuse_reply_err(req, ESTALE);
         return;
     }
-    fs_obj sdir, tdir, victim;
-    fs__obj_init(&sdir);
-    fs__obj_init(&tdir);
-    fs__obj_init(&victim);
-    fs_obj *td = sn == tn ? &sdir : &tdir;
+    fs_dview victim;
+    fs__dview_init(&victim, &sn->id);
     bool replaced = false;
     fs_id vid, id;
     lock_two(sn, tn);
-    int rc = dir_get(fs, sn, &sdir);
-    if (rc == 0 && sn != tn) rc = dir_get(fs, tn, &tdir);
+    fs_dview *sv = recent_take(fs, sn);
+    fs_dview *tv = sn == tn ? sv : recent_take(fs, tn);
+    int rc = sv && tv ? 0 : -ENOMEM;
     shown se, te;
-    if (rc == 0) rc = resolve(fs, &sdir.ino, name, &se);
-    int trc = rc == 0 ? resolve(fs, &td->ino, newname, &te) : rc;
+    if (rc == 0) rc = resolve(fs, sv, name, &se);
+    int trc = rc == 0 ? resolve(fs, tv, newname, &te) : rc;
     if (rc == 0 && trc != 0 && trc != KV_ENOTFOUND) rc = trc;
     bool target = rc == 0 && trc == 0;
     uint8_t stype = 0;
@@ -827,11 +861,11 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
          * mv copies it instead). */
         bool promote = se.ver && target && !te.ver &&
                        memcmp(se.id.b, te.id.b, FS_ID_LEN) == 0;
+        if (tv != sv) recent_keep(tn, tv);
+        recent_keep(sn, sv);
         unlock_two(sn, tn);
         rc = promote ? settle_versions(fs, &se.id, se.ver, 0) : -EXDEV;
         fuse_reply_err(req, rc ? name_err(fs, rc, "rename", &se.id) : 0);
-        fs__obj_release(&tdir);
-        fs__obj_release(&sdir);
         return;
     }
     if (rc == 0) {
@@ -849,63 +883,37 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
             else if (te.type != FS_DIR && stype == FS_DIR)
                 rc = -ENOTDIR;
             else if (te.type == FS_DIR) {
-                rc = fs__obj_get(fs, &vid, &victim);
-                if (rc == 0 && victim.ino.nentries > 0) rc = -ENOTEMPTY;
-                if (rc == KV_ENOTFOUND) rc = 0;
+                victim.id = vid;
+                rc = dir_empty(fs, &victim);
             }
             replaced = rc == 0;
         }
     }
-    char tname[FS_NAME_MAX + 1];
-    snprintf(tname, sizeof tname, "%s", target ? te.name : newname);
     /* The new name first, then the old one goes: a failure between leaves
-     * two names for the object, never none. */
-    if (rc == 0) {
-        /* The entry shown under newname is replaced; its rivals (other
-         * objects created under that name elsewhere at the same time)
-         * stay. fs_dir_add drops every entry of the name, so they are
-         * put back afterwards with their dots. */
-        fs_dirent keep[MAX_SAME_NAME];
-        size_t nkeep = 0, pos = 0;
-        ssize_t k;
-        while (rc == 0 && nkeep < MAX_SAME_NAME &&
-               (k = fs_dir_find(&td->ino, newname, &pos)) >= 0) {
-            const fs_dirent *e = &td->ino.entries[k];
-            if (strcmp(e->name, newname) != 0) break;
-            if ((replaced && !memcmp(e->id.b, vid.b, FS_ID_LEN)) ||
-                !memcmp(e->id.b, id.b, FS_ID_LEN))
-                continue;
-            keep[nkeep] = *e;
-            keep[nkeep].name = kv_strdup(e->name);
-            if (!keep[nkeep].name) rc = -ENOMEM;
-            nkeep++;
-        }
-        if (rc == 0)
-            rc = fs_dir_add(&td->ino, newname, &id, stype, actor_of(fs));
-        for (size_t i = 0; i < nkeep; i++) {
-            if (rc == 0 && keep[i].name)
-                rc = fs_dir_restore(&td->ino, &keep[i]);
-            kv_free(keep[i].name);
-        }
-    }
-    if (rc == 0 && sn != tn) rc = dir_put(fs, tn, &tdir, NULL);
+     * two names for the object, never none. The entry shown under newname
+     * is replaced; its rivals (other objects created under that name
+     * elsewhere at the same time) stay. */
+    if (rc == 0)
+        rc = fs__dview_add(fs, tv, newname, &id, stype, replaced ? &vid : NULL);
+    if (rc == 0 && sn != tn) rc = fs__dview_put(fs, tv, false);
     if (rc == 0) {
         /* Within one directory under the same name (a rival made the
          * value), the add above already took the old entry's place. */
         if (sn != tn || strcmp(sname, newname) != 0)
-            fs_dir_remove(&sdir.ino, sname, &id);
-        rc = dir_put(fs, sn, &sdir, NULL);
+            fs__dview_remove(sv, sname, &id);
+        rc = fs__dview_put(fs, sv, false);
     }
+    if (tv != sv) recent_keep(tn, tv);
+    recent_keep(sn, sv);
     unlock_two(sn, tn);
     if (rc == 1) rc = 0;
     if (rc == 0 && replaced) {
         int r2 = drop_object(fs, &vid);
+        if (r2 == 0 && te.type == FS_DIR) r2 = fs__dview_delete(fs, &victim);
         if (r2) fs__errno(fs, r2, "delete", &vid);
     }
     fuse_reply_err(req, rc ? name_err(fs, rc, "rename", &sn->id) : 0);
-    fs__obj_release(&victim);
-    fs__obj_release(&tdir);
-    fs__obj_release(&sdir);
+    fs__dview_release(&victim);
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino) {
@@ -973,6 +981,7 @@ static int listing_make(qfs_fs *fs, const fs_inode *dir, fs_listing **out) {
     fs_listing *l = kv_calloc(1, sizeof *l);
     shown *all = kv_calloc(MAX_SHOWN, sizeof *all);
     size_t cap = 0;
+    dset ds = {{dir}, 1};
     int rc = l && all ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < dir->nentries;) {
         const char *name = dir->entries[i].name;
@@ -981,7 +990,7 @@ static int listing_make(qfs_fs *fs, const fs_inode *dir, fs_listing **out) {
                strcmp(dir->entries[i + same].name, name) == 0)
             same++;
         size_t n = 1;
-        rc = shown_of(fs, dir, name, all, MAX_SHOWN, &n);
+        rc = shown_of(fs, &ds, name, all, MAX_SHOWN, &n);
         for (size_t k = 0; rc == 0 && k < n; k++) {
             char buf[FS_NAME_MAX + 32];
             if (k == 0)
@@ -1006,13 +1015,14 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
     qfs_fs *fs = fs_of(req);
     fs_node *nd = node_of(req, ino);
     if (!nd) return;
-    fs_obj o;
-    fs__obj_init(&o);
+    fs_dview v;
+    fs__dview_init(&v, &nd->id);
     fs_listing *l = NULL;
-    int rc = fs__obj_get(fs, &nd->id, &o);
-    if (rc == 0 && o.ino.type != FS_DIR) rc = -ENOTDIR;
-    if (rc == 0) rc = listing_make(fs, &o.ino, &l);
-    fs__obj_release(&o);
+    int rc = fs__dview_all(fs, &v);
+    const fs_inode *all = rc == 0 ? fs__dview_entries(&v) : NULL;
+    if (rc == 0 && !all) rc = -ENOMEM;
+    if (rc == 0) rc = listing_make(fs, all, &l);
+    recent_offer(nd, &v);
     if (rc) {
         fuse_reply_err(req, name_err(fs, rc, "opendir", &nd->id));
         return;
@@ -1090,18 +1100,12 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
     qfs_fs *fs = fs_of(req);
     fs_node *dn = node_of(req, ino);
     if (!dn) return;
-    /* Directory changes went out unsynced; the directory object written
-     * again, synced, makes them durable on W replicas (their WAL sync
-     * covers the earlier writes of the key). */
-    fs_obj o;
-    fs__obj_init(&o);
+    /* Directory changes went out unsynced; the objects they wrote, written
+     * again synced, make them durable on W replicas. */
     pthread_mutex_lock(&dn->lock);
-    dcache_drop(dn);
-    int rc = dir_get(fs, dn, &o);
-    if (rc == 0)
-        rc = fs__obj_put(fs, &dn->id, &o.ino, kv_buf_slice(&o.ctx), true, NULL);
+    recent_drop(dn);
+    int rc = fs__dir_sync(fs, dn);
     pthread_mutex_unlock(&dn->lock);
-    fs__obj_release(&o);
     fuse_reply_err(req, rc ? name_err(fs, rc, "fsyncdir", &dn->id) : 0);
 }
 
@@ -1362,7 +1366,7 @@ static int xattr_change(qfs_fs *fs, fs_node *nd, const char *name,
         rc = file_acquire(fs, nd);
         ino = rc == 0 ? &nd->file->obj.ino : NULL;
     } else {
-        dcache_drop(nd);
+        recent_drop(nd);
         rc = fs__obj_get(fs, &nd->id, &tmp);
         ino = &tmp.ino;
     }
@@ -1589,11 +1593,14 @@ int qfs_fs_open(const qfs_fs_opts *o, qfs_fs **out) {
     pthread_mutex_init(&fs->pool_mu, NULL);
     pthread_mutex_init(&fs->mu, NULL);
     fs->next_ino = 2;
-    while (getrandom(&fs->actor, sizeof fs->actor, 0) < 0) {
-        if (errno != EINTR) {
-            kv_free(fs);
-            return -errno;
-        }
+    pthread_mutex_init(&fs->actor_mu, NULL);
+    fs->actors = kv_calloc(FS_ACTORS, sizeof *fs->actors);
+    if (!fs->actors) {
+        pthread_mutex_destroy(&fs->actor_mu);
+        pthread_mutex_destroy(&fs->mu);
+        pthread_mutex_destroy(&fs->pool_mu);
+        kv_free(fs);
+        return -ENOMEM;
     }
     /* The root directory: made by the first mount of a volume. Two first
      * mounts at once make two siblings, which merge. */
@@ -1656,6 +1663,8 @@ int qfs_fs_close(qfs_fs *fs) {
     fs__pool_close(fs);
     pthread_mutex_destroy(&fs->mu);
     pthread_mutex_destroy(&fs->pool_mu);
+    pthread_mutex_destroy(&fs->actor_mu);
+    kv_free(fs->actors);
     kv_free(fs);
     return first;
 }

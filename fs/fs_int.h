@@ -27,6 +27,38 @@ typedef struct fs_obj {
     size_t nsib;
 } fs_obj;
 
+/* One object of a directory's hash trie (obj.h, "shards"), as read. */
+typedef struct fs_shard {
+    unsigned level;
+    uint64_t index;
+    fs_obj obj;     /* a directory inode (level 0: the directory's own) */
+    bool absent;    /* not stored: empty and not split */
+    bool changed;   /* to be written (fs__dview_put) */
+    bool stale;     /* obj.ctx predates our own put: read before a change */
+    bool wrote;     /* written unsynced (fs__dview_put); see fs__dview_wrote */
+    uint64_t at_ns; /* when read or written (kv_now_ns) */
+} fs_shard;
+
+/* The objects of one directory read so far, and their entries as one
+ * set. */
+typedef struct fs_dview {
+    fs_id id;
+    fs_shard *sh;
+    size_t n, cap;
+    fs_inode all; /* fs__dview_entries: names borrowed from the shards */
+    bool all_ok;
+    int add_at; /* the shard that got the last add, or -1 */
+} fs_dview;
+
+#define FS_DVIEW_CACHE_MAX 64 /* shards a directory node keeps */
+#define FS_UNSYNCED_MAX 64    /* shards a node tracks for fsyncdir */
+
+/* A shard by position. */
+typedef struct fs_shard_ref {
+    unsigned level;
+    uint64_t index;
+} fs_shard_ref;
+
 /* A chunk being written: its bytes until written back. */
 typedef struct fs_dchunk {
     uint64_t index;
@@ -55,24 +87,40 @@ typedef struct fs_node {
     fs_id id;
     uint64_t ver; /* 0, or a conflict version of the file (read-only) */
     uint8_t type;
-    uint64_t nlookup;      /* [fs->mu] the kernel's references */
-    uint32_t holds;        /* [fs->mu] open handles and callers' claims */
-    bool dead;             /* [fs->mu] unchained, being freed */
-    uint32_t opens;        /* [lock] */
-    bool unlinked;         /* [lock] its last name is gone: delete on release */
-    pthread_mutex_t lock;  /* serialises changes to the object */
-    fs_file *file;         /* [lock] while open */
-    struct fs_obj *dcache; /* [lock] directories: this mount's last write
-                            * of the object, with the context its put
-                            * returned (see fs.c, dcache_take) */
-    uint64_t dcache_ns;    /* [lock] when dcache was written */
+    uint64_t nlookup;     /* [fs->mu] the kernel's references */
+    uint32_t holds;       /* [fs->mu] open handles and callers' claims */
+    bool dead;            /* [fs->mu] unchained, being freed */
+    uint32_t opens;       /* [lock] */
+    bool unlinked;        /* [lock] its last name is gone: delete on release */
+    pthread_mutex_t lock; /* serialises changes to the object */
+    fs_file *file;        /* [lock] while open */
+    fs_dview *dcache;     /* [lock] directories: shards this mount read or
+                           * wrote lately, with their contexts (see fs.c,
+                           * "recent shards") */
+    fs_shard_ref *unsynced; /* [lock] directories: shards written unsynced
+                             * since the last fsyncdir ... */
+    uint32_t nunsynced;
+    bool sync_all; /* [lock] ... or, when unknown, every shard */
     struct fs_node *next_ino, *next_id; /* [fs->mu] hash chains */
 } fs_node;
+
+/* The actor this mount adds to one directory object with, and the
+ * counter of its last add there (see dir.c, "actors"). */
+typedef struct fs_actor {
+    fs_id dir;
+    uint64_t index; /* the shard's */
+    unsigned level;
+    bool used;
+    uint64_t actor, counter;
+} fs_actor;
+
+#define FS_ACTORS 16384 /* objects whose actor a mount remembers */
 
 struct qfs_fs {
     qfs_fs_opts o;
     char volume[64];
-    uint64_t actor; /* this mount's actor in directory dots */
+    pthread_mutex_t actor_mu;
+    fs_actor *actors; /* [actor_mu] FS_ACTORS slots, by hash */
     pthread_mutex_t pool_mu;
     rep_client *idle[FS_POOL_MAX];
     int nidle;
@@ -92,12 +140,17 @@ void fs__obj_release(fs_obj *o);
  * version hash (xxh3 of its bytes, never 0) that names it while it
  * exists. */
 int fs__obj_get(qfs_fs *fs, const fs_id *id, fs_obj *o);
+/* The same for any object key (directory shards). */
+int fs__key_get(qfs_fs *fs, kv_slice key, fs_obj *o);
 /* Write ino as the object of id with context ctx (empty: a new object).
  * newctx (may be NULL): the context of the result, empty when other
  * versions remain (rep_client_put_ctx). */
 int fs__obj_put(qfs_fs *fs, const fs_id *id, const fs_inode *ino, kv_slice ctx,
                 bool sync, kv_buf *newctx);
+int fs__key_put(qfs_fs *fs, kv_slice key, const fs_inode *ino, kv_slice ctx,
+                bool sync, kv_buf *newctx);
 int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx);
+int fs__key_del(qfs_fs *fs, kv_slice key, kv_slice ctx);
 /* The version hash ino gets when written (fs__obj_get's ver); 0 if it
  * cannot be encoded. */
 uint64_t fs__inode_ver(const fs_inode *ino);
@@ -112,6 +165,54 @@ int fs__chunk_put(qfs_fs *fs, kv_slice bytes, bool sync, fs_chunk *c);
  * plain answers (EIO). */
 int fs__errno(qfs_fs *fs, int rc, const char *what, const fs_id *id);
 void fs__id_hex(const fs_id *id, char out[2 * FS_ID_LEN + 1]);
+
+/* dir.c: a directory's objects (obj.h, "shards"). A view starts empty;
+ * reads add objects to it; changes are made in it and written with
+ * fs__dview_put. */
+void fs__dview_init(fs_dview *v, const fs_id *id);
+void fs__dview_release(fs_dview *v);
+/* Read (unless v has them) the objects on name's path, from level 0 down
+ * to the first one not split. -ENOTDIR if level 0 is not a directory,
+ * KV_ENOTFOUND if it is gone, store errors. */
+int fs__dview_path(qfs_fs *fs, fs_dview *v, const char *name);
+/* Read every object of the directory. */
+int fs__dview_all(qfs_fs *fs, fs_dview *v);
+/* The objects of v on name's path, level 0 first (at most cap). */
+size_t fs__dview_path_of(fs_dview *v, const char *name, const fs_inode **out,
+                         size_t cap);
+fs_shard *fs__dview_find(fs_dview *v, unsigned level, uint64_t index);
+/* Level 0's inode (the directory's attributes), or NULL if not read. */
+const fs_inode *fs__dview_attrs(const fs_dview *v);
+/* Every entry of v's objects as one directory inode, sorted by name, id
+ * and dot (names borrowed: valid until v changes), or NULL (-ENOMEM). */
+const fs_inode *fs__dview_entries(fs_dview *v);
+/* Add name -> id in the last object of name's path (read first),
+ * splitting it at FS_SHARD_SPLIT entries. Entries of name for id or
+ * *replace go (from every object of the path); other entries of name
+ * (rivals) stay. */
+int fs__dview_add(qfs_fs *fs, fs_dview *v, const char *name, const fs_id *id,
+                  uint8_t type, const fs_id *replace);
+/* Remove name's entries of id from every object of v; the count. */
+size_t fs__dview_remove(fs_dview *v, const char *name, const fs_id *id);
+/* Write the changed objects (the add's first; level 0 too, with new
+ * times, if it changed or its mtime lags by a second). On failure the
+ * objects not written get new actors for their next add. */
+int fs__dview_put(qfs_fs *fs, fs_dview *v, bool sync);
+/* Move the shards v wrote unsynced into dn's fsyncdir set (dn->lock
+ * held). */
+void fs__dview_wrote(fs_node *dn, fs_dview *v);
+/* fsyncdir: write dn's level 0 and every shard it wrote unsynced (all
+ * of them if unknown) again, synced (dn->lock held). */
+int fs__dir_sync(qfs_fs *fs, fs_node *dn);
+/* Entries in all of v's objects. */
+size_t fs__dview_count(const fs_dview *v);
+/* Delete v's shards below level 0 (a removed directory's). */
+int fs__dview_delete(qfs_fs *fs, fs_dview *v);
+/* Drop objects read before older_than_ns, changed or stale. */
+void fs__dview_expire(fs_dview *v, uint64_t older_than_ns);
+/* Move src's unchanged, fresh objects into dst (newer ones win; dst
+ * keeps at most FS_DVIEW_CACHE_MAX). src is left for release. */
+void fs__dview_absorb(fs_dview *dst, fs_dview *src);
 
 /* file.c */
 /* Write n bytes at off into f (memory; full chunks may be stored). */

@@ -56,6 +56,7 @@ fs_node *fs__node_get(qfs_fs *fs, const fs_id *id, uint64_t ver, uint8_t type,
         nd->id = *id;
         nd->ver = ver;
         nd->type = type;
+        nd->sync_all = true; /* what earlier nodes of id wrote is unknown */
         nd->ino = fs_id_is_root(id) && !ver ? FUSE_ROOT_ID : fs->next_ino++;
         pthread_mutex_init(&nd->lock, NULL);
         nd->next_id = fs->by_id[h];
@@ -84,8 +85,9 @@ static void unchain(qfs_fs *fs, fs_node *nd) {
 
 static void node_free(fs_node *nd) {
     fs__file_free(nd->file); /* only a state whose write-back failed */
+    kv_free(nd->unsynced);
     if (nd->dcache) {
-        fs__obj_release(nd->dcache);
+        fs__dview_release(nd->dcache);
         kv_free(nd->dcache);
     }
     pthread_mutex_destroy(&nd->lock);

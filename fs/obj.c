@@ -15,6 +15,8 @@
  */
 #include "fs/obj.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -22,7 +24,8 @@
 
 #define MOD "fs"
 #define MAGIC "QFSI"
-#define VERSION 1u
+#define VERSION 2u   /* 1: the same without the directory flags byte */
+#define DIR_SPLIT 1u /* directory flags: split (see obj.h) */
 #define HDR_BYTES 6u /* magic, version, type */
 #define SUM_BYTES 8u
 #define BODY_INLINE 0u
@@ -308,6 +311,7 @@ int fs_inode_copy(fs_inode *dst, const fs_inode *src) {
     t.mtime_ns = src->mtime_ns;
     t.ctime_ns = src->ctime_ns;
     t.chunked = src->chunked;
+    t.split = src->split;
     void *p;
     int rc = copy_xattrs(&t.xattrs, src->xattrs, src->nxattrs);
     if (rc) goto out;
@@ -413,6 +417,7 @@ static void emit(const fs_inode *ino, const xview *xv, writer *w) {
         }
         break;
     case FS_DIR:
+        put_u8(w, ino->split ? DIR_SPLIT : 0);
         put_var(w, ino->nclock);
         for (size_t i = 0; i < ino->nclock; i++) {
             put_u64(w, ino->clock[i].actor);
@@ -450,7 +455,7 @@ static int check_inode(const fs_inode *ino) {
     bool is_dir = ino->type == FS_DIR;
     /* Nothing that the type's encoding would leave out. */
     if ((!is_file && (ino->chunked || ino->nchunks)) ||
-        (!is_dir && (ino->nclock || ino->nentries)) ||
+        (!is_dir && (ino->nclock || ino->nentries || ino->split)) ||
         (is_file && ino->chunked && ino->data.len) ||
         (is_file && !ino->chunked && ino->nchunks) || (is_dir && ino->data.len))
         return -EINVAL;
@@ -514,6 +519,7 @@ typedef struct parser {
     kv_reader r;
     const uint8_t *base; /* offsets are from here */
     fs_inode *ino;
+    unsigned version;
     const char *field, *check; /* the failed check, for the log */
     size_t off;
 } parser;
@@ -669,12 +675,21 @@ static int parse_file(parser *p, size_t size_off) {
     return 0;
 }
 
-static int parse_dir(parser *p, size_t size_off) {
+static int parse_dir(parser *p, size_t size_off, unsigned version) {
     fs_inode *ino = p->ino;
     if (ino->size != 0)
         return fail(p, size_off, "size", "not 0 for a directory");
     size_t n;
-    int rc = get_count(p, "clock count", CLOCK_MIN, UINT64_MAX, &n);
+    int rc;
+    if (version >= 2) {
+        size_t off = at(p);
+        const uint8_t *flags;
+        if ((rc = get_raw(p, "directory flags", 1, &flags))) return rc;
+        if (*flags & ~DIR_SPLIT)
+            return fail(p, off, "directory flags", "unknown bits");
+        ino->split = *flags & DIR_SPLIT;
+    }
+    rc = get_count(p, "clock count", CLOCK_MIN, UINT64_MAX, &n);
     if (rc) return rc;
     if (n && !(ino->clock = kv_malloc(n * sizeof *ino->clock))) return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
@@ -754,7 +769,7 @@ static int parse(parser *p) {
         rc = parse_file(p, size_off);
         break;
     case FS_DIR:
-        rc = parse_dir(p, size_off);
+        rc = parse_dir(p, size_off, p->version);
         break;
     default:
         rc = parse_symlink(p);
@@ -780,13 +795,14 @@ int fs_inode_decode(kv_slice in, fs_inode *ino) {
     size_t body = in.len - SUM_BYTES;
     if (kv_get_u64(in.ptr + body) != kv_checksum(in.ptr, body))
         return corrupt("checksum mismatch", body);
-    if (in.ptr[4] != VERSION) {
+    if (in.ptr[4] != VERSION && in.ptr[4] != 1) {
         kv_error(MOD, "inode object: unknown version %u", in.ptr[4]);
         return KV_EVERSION;
     }
     parser p = {.r = kv_reader_make(kv_slice_make(in.ptr + 5, body - 5)),
                 .base = in.ptr,
-                .ino = ino};
+                .ino = ino,
+                .version = in.ptr[4]};
     int rc = parse(&p);
     if (rc == KV_ECORRUPT)
         kv_error(MOD, "corrupt inode object: %s: %s at offset %zu", p.field,
@@ -1057,6 +1073,7 @@ int fs_dir_merge(fs_inode *a, const fs_inode *b) {
     a->entries = ents;
     a->nentries = a->entries_cap = nents;
     ents = NULL;
+    a->split |= b->split;
     kv_free(a->clock);
     a->clock = clock;
     a->nclock = nclock;
@@ -1197,4 +1214,35 @@ int fs_key_inode(const char *volume, const fs_id *id, kv_buf *out) {
 int fs_key_chunk(const char *volume, const uint8_t hash[FS_HASH_LEN],
                  kv_buf *out) {
     return make_key(volume, 'c', hash, out);
+}
+
+uint64_t fs_name_hash(const fs_id *dir, const char *name) {
+    return XXH3_64bits_withSeed(name, strlen(name), kv_get_u64(dir->b));
+}
+
+uint64_t fs_shard_index(uint64_t hash, unsigned level) {
+    return level == 0 ? 0 : hash >> (64 - FS_SHARD_BITS * level);
+}
+
+int fs_key_shard(const char *volume, const fs_id *dir, unsigned level,
+                 uint64_t index, kv_buf *out) {
+    if (level == 0) return fs_key_inode(volume, dir, out);
+    if (level > FS_SHARD_LEVELS ||
+        (level * FS_SHARD_BITS < 64 && index >> (level * FS_SHARD_BITS)))
+        return -EINVAL;
+    kv_buf k = KV_BUF_INIT;
+    int rc = make_key(volume, 's', dir->b, &k);
+    char tail[40];
+    int n = snprintf(tail, sizeof tail, "/%u/%0*" PRIx64, level,
+                     (int)(level * FS_SHARD_BITS / 4), index);
+    if (rc == 0) rc = kv_buf_reserve(&k, k.len + (size_t)n + 1);
+    if (rc == 0) {
+        memcpy(k.ptr + k.len, tail, (size_t)n + 1);
+        k.len += (size_t)n;
+        kv_buf_release(out);
+        *out = k;
+    } else {
+        kv_buf_release(&k);
+    }
+    return rc;
 }

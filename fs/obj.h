@@ -17,8 +17,9 @@
  * keep both entries: the name then has several targets, shown as
  * `name` and `name.conflict-N`.
  *
- * Actors are mounts (a random 64-bit id per mount process), counters
- * start at 1.
+ * Actors are random 64-bit ids a mount picks per object it adds to (see
+ * fs/dir.c, "actors": an actor's adds to one object always build on each
+ * other); counters start at 1.
  *
  * Threading: plain data, one owner at a time.
  */
@@ -111,6 +112,10 @@ typedef struct fs_inode {
     size_t nclock;
     fs_dirent *entries;
     size_t nentries, entries_cap;
+    /* Directories and shards: adds of names whose path goes through this
+     * object go one level down (see "shards" below). Never cleared; a
+     * merge keeps it if either side has it. */
+    bool split;
     /* Symlinks: the target is data (1 .. FS_SYMLINK_MAX bytes, no NUL,
      * size its length). */
 } fs_inode;
@@ -188,6 +193,35 @@ int fs_file_set_chunk(fs_inode *f, const fs_chunk *c);
  * shortened chunk and set it (or drop it) before encoding, which refuses
  * a chunk past size. f->size is not changed. */
 void fs_file_truncate_chunks(fs_inode *f, uint64_t size);
+
+/* ---- shards ----
+ *
+ * A large directory spreads its entries over shard objects, a hash trie
+ * whose entries never move: level 0 is the directory's own object; each
+ * object, once split, has 2^FS_SHARD_BITS children one level down. A
+ * name's path is the object at each level whose index is the top
+ * FS_SHARD_BITS * level bits of fs_name_hash. An add goes to the first
+ * object on the path that is not split (the add that brings an object to
+ * FS_SHARD_SPLIT entries splits it); a lookup reads the path down to the
+ * first object not split (an absent shard is empty and not split), so an
+ * entry added to an object while another mount split it is still found.
+ * Shards are directory objects whose attributes are unused (zero). */
+#define FS_SHARD_BITS 4u
+#define FS_SHARD_FANOUT (1u << FS_SHARD_BITS)
+#define FS_SHARD_SPLIT 256u /* entries that split an object */
+#define FS_SHARD_LEVELS 15u /* the deepest level (never split) */
+
+/* The hash of name in directory dir: xxh3-64 of the name, seeded with
+ * the id's first 8 bytes read little-endian (kv_get_u64). */
+uint64_t fs_name_hash(const fs_id *dir, const char *name);
+/* The index at level of the object on a path (0 at level 0). */
+uint64_t fs_shard_index(uint64_t hash, unsigned level);
+/* The key of directory dir's shard (level, index): fs_key_inode at level
+ * 0, else "<volume>/s/<32 hex>/<level>/<index: level hex digits>"
+ * (decimal level, lower-case hex). -EINVAL for a bad volume, level or index,
+ * -ENOMEM. */
+int fs_key_shard(const char *volume, const fs_id *dir, unsigned level,
+                 uint64_t index, kv_buf *out);
 
 /* ---- ids and hashes ---- */
 

@@ -163,16 +163,27 @@ static uint64_t version_hash(kv_slice bytes) {
 }
 
 int fs__obj_get(qfs_fs *fs, const fs_id *id, fs_obj *o) {
-    kv_buf key = KV_BUF_INIT, raw = KV_BUF_INIT;
+    kv_buf key = KV_BUF_INIT;
+    int rc = fs_key_inode(fs->o.volume, id, &key);
+    if (rc == 0) {
+        rc = fs__key_get(fs, kv_buf_slice(&key), o);
+    } else {
+        fs__obj_release(o);
+        fs__obj_init(o);
+    }
+    kv_buf_release(&key);
+    return rc;
+}
+
+int fs__key_get(qfs_fs *fs, kv_slice key, fs_obj *o) {
+    kv_buf raw = KV_BUF_INIT;
     dvv_set *set = NULL;
     dvv_ctx *ctx = NULL;
     version *live = NULL;
     size_t nlive = 0;
     fs__obj_release(o);
     fs__obj_init(o);
-    int rc = fs_key_inode(fs->o.volume, id, &key);
-    if (rc == 0)
-        rc = call(fs, OP_GET, kv_buf_slice(&key), kv_slice_make(NULL, 0),
+    int rc = call(fs, OP_GET, key, kv_slice_make(NULL, 0),
                   kv_slice_make(NULL, 0), false, &raw);
     if (rc == 0) rc = dvv_set_decode(kv_buf_slice(&raw), &set);
     if (rc == 0) rc = dvv_set_join(set, &ctx);
@@ -241,20 +252,26 @@ out:
     dvv_ctx_free(ctx);
     dvv_set_free(set);
     kv_buf_release(&raw);
-    kv_buf_release(&key);
     return rc;
 }
 
 int fs__obj_put(qfs_fs *fs, const fs_id *id, const fs_inode *ino, kv_slice ctx,
                 bool sync, kv_buf *newctx) {
-    kv_buf key = KV_BUF_INIT, val = KV_BUF_INIT;
+    kv_buf key = KV_BUF_INIT;
     int rc = fs_key_inode(fs->o.volume, id, &key);
-    if (rc == 0) rc = fs_inode_encode(ino, &val);
     if (rc == 0)
-        rc = call(fs, OP_PUT, kv_buf_slice(&key), ctx, kv_buf_slice(&val), sync,
-                  newctx);
-    kv_buf_release(&val);
+        rc = fs__key_put(fs, kv_buf_slice(&key), ino, ctx, sync, newctx);
     kv_buf_release(&key);
+    return rc;
+}
+
+int fs__key_put(qfs_fs *fs, kv_slice key, const fs_inode *ino, kv_slice ctx,
+                bool sync, kv_buf *newctx) {
+    kv_buf val = KV_BUF_INIT;
+    int rc = fs_inode_encode(ino, &val);
+    if (rc == 0)
+        rc = call(fs, OP_PUT, key, ctx, kv_buf_slice(&val), sync, newctx);
+    kv_buf_release(&val);
     return rc;
 }
 
@@ -269,11 +286,13 @@ uint64_t fs__inode_ver(const fs_inode *ino) {
 int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx) {
     kv_buf key = KV_BUF_INIT;
     int rc = fs_key_inode(fs->o.volume, id, &key);
-    if (rc == 0)
-        rc = call(fs, OP_DEL, kv_buf_slice(&key), ctx, kv_slice_make(NULL, 0),
-                  false, NULL);
+    if (rc == 0) rc = fs__key_del(fs, kv_buf_slice(&key), ctx);
     kv_buf_release(&key);
     return rc;
+}
+
+int fs__key_del(qfs_fs *fs, kv_slice key, kv_slice ctx) {
+    return call(fs, OP_DEL, key, ctx, kv_slice_make(NULL, 0), false, NULL);
 }
 
 int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out) {

@@ -9,6 +9,7 @@
  * anything is written, and the client stays usable.
  */
 #include "replica/client.h"
+#include "replica/node_int.h"
 #include "replica/proto.h"
 
 #include <arpa/inet.h>
@@ -35,6 +36,10 @@ struct rep_client {
     bool got;
     rep_msg reply;
     kv_buf reply_bytes;
+    /* Local mode (rep_node_connect_local): gets and puts call the node
+     * directly; the rest goes over wire, an in-process connection. */
+    rep_node *local;
+    rep_client *wire;
 };
 
 static uint64_t mono_ms(void) {
@@ -231,6 +236,7 @@ fail:
 
 void rep_client_close(rep_client *c) {
     if (!c) return;
+    rep_client_close(c->wire);
     if (c->fd >= 0) close(c->fd);
     rep_parser_release(&c->parser);
     kv_buf_release(&c->out);
@@ -239,7 +245,29 @@ void rep_client_close(rep_client *c) {
 }
 
 bool rep_client_broken(const rep_client *c) {
-    return c->broken != 0;
+    return c->broken != 0 || (c->wire && c->wire->broken != 0);
+}
+
+int rep__client_local(rep_node *n, uint32_t timeout_ms, rep_client **out) {
+    rep_client *c = client_new(timeout_ms);
+    if (!c) return -ENOMEM;
+    c->local = n;
+    snprintf(c->node, sizeof c->node, "%s", rep_node_name(n));
+    *out = c;
+    return 0;
+}
+
+/* The client calls other than get and put go to: c itself, or in local
+ * mode its in-process connection (made on first use). */
+static int wire_of(rep_client *c, rep_client **out) {
+    *out = c;
+    if (!c->local) return 0;
+    if (!c->wire) {
+        int rc = rep_node_connect(c->local, c->timeout_ms, &c->wire);
+        if (rc) return rc;
+    }
+    *out = c->wire;
+    return 0;
 }
 
 const char *rep_client_node(const rep_client *c) {
@@ -268,6 +296,7 @@ static uint64_t deadline_for(const rep_client *c, const rep_msg *m) {
 
 int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o,
                    kv_buf *obj) {
+    if (c->local) return rep__local_get(c->local, key, o, obj);
     rep_msg m = {.type = REP_GET, .key = key};
     int rc = check_opts(o, &m);
     if (rc || key.len == 0) return rc ? rc : -EINVAL;
@@ -279,8 +308,12 @@ int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o,
 
 static int put(rep_client *c, kv_slice key, kv_slice ctx, kv_slice value,
                const rep_opts *o, uint32_t flags, kv_buf *newctx) {
+    if (c->local && flags == 0)
+        return rep__local_put(c->local, key, ctx, value, o, newctx);
+    int rc = wire_of(c, &c);
+    if (rc) return rc;
     rep_msg m = {.type = REP_PUT, .key = key, .ctx = ctx, .value = value};
-    int rc = check_opts(o, &m);
+    rc = check_opts(o, &m);
     if (rc || key.len == 0) return rc ? rc : -EINVAL;
     /* Sizes (each field, and the frame as a whole) are the encoder's to
      * check, in call(): KV_ETOOLARGE before anything is sent. */
@@ -311,7 +344,8 @@ int rep_client_del(rep_client *c, kv_slice key, kv_slice ctx,
 
 int rep_client_state(rep_client *c, kv_buf *out) {
     rep_msg m = {.type = REP_GOSSIP};
-    int rc = call(c, &m, mono_ms() + c->timeout_ms);
+    int rc = wire_of(c, &c);
+    if (rc == 0) rc = call(c, &m, mono_ms() + c->timeout_ms);
     if (rc) return rc;
     if (c->reply.type != REP_GOSSIP_REPLY) return break_with(c, KV_EPROTO);
     if (c->reply.status) return c->reply.status;
@@ -320,15 +354,18 @@ int rep_client_state(rep_client *c, kv_buf *out) {
 
 int rep_client_remove(rep_client *c, kv_slice member) {
     rep_msg m = {.type = REP_LEAVE, .text = member, .flags = REP_LEAVE_FORCE};
-    int rc = call(c, &m, mono_ms() + c->timeout_ms);
+    int rc = wire_of(c, &c);
+    if (rc == 0) rc = call(c, &m, mono_ms() + c->timeout_ms);
     if (rc) return rc;
     if (c->reply.type != REP_LEAVE_REPLY) return break_with(c, KV_EPROTO);
     return c->reply.status;
 }
 
 int rep_client_leave(rep_client *c) {
+    int rc = wire_of(c, &c);
+    if (rc) return rc;
     rep_msg m = {.type = REP_LEAVE, .text = kv_slice_str(c->node)};
-    int rc = call(c, &m, mono_ms() + c->timeout_ms);
+    rc = call(c, &m, mono_ms() + c->timeout_ms);
     if (rc) return rc;
     if (c->reply.type != REP_LEAVE_REPLY) return break_with(c, KV_EPROTO);
     return c->reply.status;
@@ -336,6 +373,8 @@ int rep_client_leave(rep_client *c) {
 
 int rep_client_bucket(rep_client *c, kv_slice bucket, uint32_t flags) {
     rep_msg m = {.type = REP_BUCKET, .text = bucket, .flags = flags};
+    /* Local puts do not read bucket modes (rep_node_connect_local). */
+    if (c->local) return -ENOTSUP;
     int rc = call(c, &m, mono_ms() + c->timeout_ms);
     if (rc) return rc;
     if (c->reply.type != REP_BUCKET_REPLY) return break_with(c, KV_EPROTO);
@@ -344,7 +383,8 @@ int rep_client_bucket(rep_client *c, kv_slice bucket, uint32_t flags) {
 
 int rep_client_call(rep_client *c, rep_msg *m, const rep_msg **reply) {
     *reply = NULL;
-    int rc = call(c, m, mono_ms() + c->timeout_ms);
+    int rc = wire_of(c, &c);
+    if (rc == 0) rc = call(c, m, mono_ms() + c->timeout_ms);
     if (rc == 0) *reply = &c->reply;
     return rc;
 }

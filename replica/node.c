@@ -468,6 +468,66 @@ static void take_local(rep_node *n) {
     kv_free(fds);
 }
 
+/* ---- the local client ---- */
+
+static int local_check(rep_node *n, kv_slice key, const rep_opts *o) {
+    if (atomic_load(&n->stop_asked)) return KV_ECLOSED;
+    if (key.len == 0 || key.len > REP_MAX_KEY) return -EINVAL;
+    /* The coordinator's checks, for a ring of one. */
+    if (o && (o->n > n->opt.n_val || o->r > (o->n ? o->n : n->opt.n_val) ||
+              o->w > (o->n ? o->n : n->opt.n_val) || (o->sync && o->nosync)))
+        return -EINVAL;
+    return 0;
+}
+
+int rep__local_get(rep_node *n, kv_slice key, const rep_opts *o, kv_buf *obj) {
+    int rc = local_check(n, key, o);
+    if (rc) return rc;
+    kv_buf raw = KV_BUF_INIT;
+    rc = rep_store_get(n->store, key, &raw);
+    if (rc == 0) rc = kv_buf_set(obj, raw.ptr, raw.len);
+    kv_buf_release(&raw);
+    return rc;
+}
+
+int rep__local_put(rep_node *n, kv_slice key, kv_slice ctx, kv_slice value,
+                   const rep_opts *o, kv_buf *newctx) {
+    int rc = local_check(n, key, o);
+    if (rc) return rc;
+    /* The bounds the wire puts on a request, checked here instead. */
+    if (value.len > REP_MAX_VALUE || ctx.len > REP_MAX_VALUE)
+        return KV_ETOOLARGE;
+    if (ctx.len) {
+        dvv_ctx *cx;
+        rc = dvv_ctx_decode(ctx, &cx);
+        dvv_ctx_free(cx);
+        if (rc) return rc == -ENOMEM ? rc : KV_EPROTO;
+    }
+    kv_buf obj = KV_BUF_INIT, nc = KV_BUF_INIT;
+    rep_store_op op = {.kind = REP_STORE_OP_UPDATE,
+                       .key = key,
+                       .ctx = ctx,
+                       .value = value,
+                       .flags = (o && o->sync ? REP_STORE_SYNC : 0) |
+                                (o && o->nosync ? REP_STORE_NOSYNC : 0),
+                       .actor = n->actor,
+                       .now_us = rep__now_us(n),
+                       .out = &obj,
+                       .ctx_out = &nc};
+    rep_store_apply(n->store, &op, 1);
+    rc = op.rc;
+    if (rc == 0 && newctx) rc = kv_buf_set(newctx, nc.ptr, nc.len);
+    kv_buf_release(&nc);
+    kv_buf_release(&obj);
+    return rc;
+}
+
+int rep_node_connect_local(rep_node *n, uint32_t timeout_ms, rep_client **out) {
+    *out = NULL;
+    if (n->opt.listen || (n->opt.join && *n->opt.join)) return -ENOTSUP;
+    return rep__client_local(n, timeout_ms, out);
+}
+
 int rep_node_connect(rep_node *n, uint32_t timeout_ms, rep_client **out) {
     *out = NULL;
     int sv[2];

@@ -70,6 +70,16 @@ int rep_node_close(rep_node *n);
  * client errors. */
 typedef struct rep_client rep_client;
 int rep_node_connect(rep_node *n, uint32_t timeout_ms, rep_client **out);
+/* A client whose gets and puts run on the calling thread, against the
+ * node's store, without the loop: for a node that is alone in its ring
+ * for good (no listener and nothing to join; else -ENOTSUP), the embedded
+ * mount. It answers as that node's coordinator would with N = R = W = 1,
+ * except that its bucket is always in siblings mode (an embedded node has
+ * no way to change a bucket's mode). Deletes, whose tombstones the loop
+ * reaps, and the other calls go through an in-process connection made on
+ * first use. One thread at a time per client, like any client; the node
+ * must outlive it. */
+int rep_node_connect_local(rep_node *n, uint32_t timeout_ms, rep_client **out);
 
 /* The address the node listens on (with the actual port when the listen
  * address asked for port 0), valid while the node lives. */

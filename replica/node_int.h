@@ -15,6 +15,7 @@
 #ifndef QFS_REPLICA_NODE_INT_H
 #define QFS_REPLICA_NODE_INT_H
 
+#include "replica/client.h"
 #include "replica/node.h"
 #include "replica/proto.h"
 #include "replica/store.h"
@@ -84,6 +85,14 @@ size_t rep__outbuf_queued(const rep_outbuf *o);
 void rep__outbuf_loop_init(rep_node *n);
 typedef struct rep_exec rep_exec;
 typedef struct rep_job rep_job;
+
+/* The local client's calls (rep_node_connect_local), on the caller's
+ * thread. */
+int rep__local_get(rep_node *n, kv_slice key, const rep_opts *o, kv_buf *obj);
+int rep__local_put(rep_node *n, kv_slice key, kv_slice ctx, kv_slice value,
+                   const rep_opts *o, kv_buf *newctx);
+/* client.c: a client in local mode for n. */
+int rep__client_local(rep_node *n, uint32_t timeout_ms, rep_client **out);
 
 struct rep_node {
     rep_node_opts opt;

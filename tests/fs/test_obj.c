@@ -6,8 +6,10 @@
  * every position; counts that would allocate without bound; the encoder
  * refusing what the decoder refuses; directories as add-wins sets (the
  * concrete concurrent scenarios, then the merge laws and the survival
- * rule on random histories of three replicas); chunk manifests against a
- * model; ids, chunk hashes and keys; allocation failures.
+ * rule on random histories of three replicas); the split flag of version
+ * 2 and version-1 directories still read; chunk manifests against a
+ * model; ids, chunk hashes, keys, shard keys and name hashes (how names
+ * spread over shards); allocation failures.
  */
 #include "fs/obj.h"
 #include "replica/proto.h"
@@ -391,7 +393,7 @@ Test(obj, encodings_never_change) {
     add_xattr(&s, "user.k", "v", 1);
     encode(&s, &e);
     static const uint8_t sym[] = {
-        'Q',  'F',  'S',  'I',  0x01, 0x03,      /* magic, version, type */
+        'Q',  'F',  'S',  'I',  0x02, 0x03,      /* magic, version 2, type */
         0xff, 0x03,                              /* mode 0777 */
         0xe8, 0x07,                              /* uid 1000 */
         0x64,                                    /* gid 100 */
@@ -401,7 +403,7 @@ Test(obj, encodings_never_change) {
         0x06, 'u',  's',  'e',  'r',  '.',  'k', /* name */
         0x01, 'v',                               /* value */
         0x03, 'a',  '/',  'b',                   /* target */
-        0x6d, 0x1c, 0x93, 0x7e, 0xa9, 0x7a, 0xd3, 0x33, /* checksum */
+        0x99, 0xb3, 0xd0, 0x31, 0x07, 0xb9, 0x6d, 0x6c, /* checksum */
     };
     expect_bytes(&e, sym, sizeof sym);
     fs_inode_release(&s);
@@ -416,12 +418,13 @@ Test(obj, encodings_never_change) {
     OK(fs_dir_add(&d, "x", &x, FS_FILE, 5));
     encode(&d, &e);
     static const uint8_t dir[] = {
-        'Q',  'F',  'S',  'I',  0x01, 0x02,          /* magic, version, type */
-        0xed, 0x03,                                  /* mode 0755 */
-        0x00, 0x00, 0x00,                            /* uid, gid, size */
-        0x00, 0x00, 0x00,                            /* times */
-        0x00,                                        /* no xattrs */
-        0x01,                                        /* 1 clock entry */
+        'Q',  'F',  'S',  'I',  0x02, 0x02, /* magic, version 2, type */
+        0xed, 0x03,                         /* mode 0755 */
+        0x00, 0x00, 0x00,                   /* uid, gid, size */
+        0x00, 0x00, 0x00,                   /* times */
+        0x00,                               /* no xattrs */
+        0x00,                               /* flags: not split */
+        0x01,                               /* 1 clock entry */
         0x05, 0,    0,    0,    0,    0,    0,    0, /* actor 5 */
         0x01,                                        /* counter 1 */
         0x01,                                        /* 1 entry */
@@ -431,7 +434,7 @@ Test(obj, encodings_never_change) {
         0x01,                                           /* type: file */
         0x05, 0,    0,    0,    0,    0,    0,    0,    /* dot actor 5 */
         0x01,                                           /* dot counter 1 */
-        0xd5, 0x38, 0x57, 0xa2, 0xc6, 0xb9, 0x32, 0xcb, /* checksum */
+        0x3b, 0x0d, 0x21, 0x12, 0x2f, 0x7b, 0x5c, 0x75, /* checksum */
     };
     expect_bytes(&e, dir, sizeof dir);
     fs_inode_release(&d);
@@ -451,7 +454,7 @@ Test(obj, encodings_never_change) {
     static const uint8_t
         file[] =
             {
-                'Q',  'F',  'S',  'I',  0x01, 0x01, /* magic, version, type */
+                'Q',  'F',  'S',  'I',  0x02, 0x01, /* magic, version 2, type */
                 0x80, 0x03,                         /* mode 0600 */
                 0x00, 0x00,                         /* uid, gid */
                 0x81, 0x80, 0x40,                   /* size 1048577 */
@@ -465,7 +468,7 @@ Test(obj, encodings_never_change) {
                 0x01, 0x01, /* index 1, length 1 */
                 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, /* hash */
                 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb,
-                0xf2, 0x13, 0x7a, 0x91, 0x52, 0xb9, 0x7c, 0x11, /* checksum */
+                0xdf, 0xf4, 0xc8, 0x5e, 0xe0, 0xf8, 0x7d, 0xa9, /* checksum */
             };
     expect_bytes(&e, file, sizeof file);
     fs_inode_release(&f);
@@ -494,9 +497,11 @@ static void b_mem(kv_buf *b, const void *p, size_t n) {
 static void b_str(kv_buf *b, const char *s) {
     b_mem(b, s, strlen(s));
 }
-/* Magic, version, type, permission bits, uid 0, gid 0, size, times 0. */
+/* Magic, version 2, type, permission bits, uid 0, gid 0, size, times 0.
+ * (A version-1 object: the same with b.ptr[4] = 1 and, for a directory,
+ * no flags byte.) */
 static void b_head(kv_buf *b, uint8_t type, uint64_t perms, uint64_t size) {
-    OK(kv_buf_append(b, "QFSI\x01", 5));
+    OK(kv_buf_append(b, "QFSI\x02", 5));
     b_u8(b, type);
     b_var(b, perms);
     b_var(b, 0);
@@ -513,6 +518,10 @@ static void b_dirent(kv_buf *b, const void *name, size_t nlen, uint8_t idb,
     b_u8(b, type);
     b_u64(b, actor);
     b_var(b, counter);
+}
+/* A directory body's first byte (version 2): its flags, bit 0 split. */
+static void b_dflags(kv_buf *b, uint8_t flags) {
+    b_u8(b, flags);
 }
 static void b_chunk(kv_buf *b, uint64_t index, uint64_t len) {
     b_var(b, index);
@@ -575,9 +584,9 @@ Test(obj, every_decoder_check_rejects_its_case, .init = capture_log) {
     CASE(0, NULL, b_head(&b, FS_FILE, 0, 2 * FS_CHUNK_SIZE), b_var(&b, 0),
          b_u8(&b, 1), b_var(&b, 2), b_chunk(&b, 0, 1),
          b_chunk(&b, 1, FS_CHUNK_SIZE));
-    CASE(0, NULL, b_head(&b, FS_DIR, 0755, 0), b_var(&b, 0), b_var(&b, 2),
-         b_u64(&b, 1), b_var(&b, 3), b_u64(&b, 9), b_var(&b, 1), b_var(&b, 3),
-         b_dirent(&b, "a", 1, 1, FS_FILE, 1, 2),
+    CASE(0, NULL, b_head(&b, FS_DIR, 0755, 0), b_var(&b, 0), b_dflags(&b, 0),
+         b_var(&b, 2), b_u64(&b, 1), b_var(&b, 3), b_u64(&b, 9), b_var(&b, 1),
+         b_var(&b, 3), b_dirent(&b, "a", 1, 1, FS_FILE, 1, 2),
          b_dirent(&b, "a", 1, 1, FS_FILE, 9, 1),
          b_dirent(&b, "a", 1, 2, FS_SYMLINK, 1, 1));
     CASE(0, NULL, b_head(&b, FS_SYMLINK, 0777, 1), b_var(&b, 1),
@@ -585,77 +594,81 @@ Test(obj, every_decoder_check_rejects_its_case, .init = capture_log) {
 
     /* Frame: magic, version, type, length, trailing bytes. */
     CASE(KV_ECORRUPT, "bad magic", b_head(&b, FS_DIR, 0, 0), b.ptr[0] = 'X',
-         b_var(&b, 0), b_var(&b, 0), b_var(&b, 0));
-    CASE(KV_EVERSION, NULL, b_head(&b, FS_DIR, 0, 0), b.ptr[4] = 2,
-         b_var(&b, 0), b_var(&b, 0), b_var(&b, 0));
+         b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
+    CASE(KV_EVERSION, NULL, b_head(&b, FS_DIR, 0, 0), b.ptr[4] = 3,
+         b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_EVERSION, NULL, b_head(&b, FS_DIR, 0, 0), b.ptr[4] = 0,
-         b_var(&b, 0), b_var(&b, 0), b_var(&b, 0));
+         b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
+    CASE(KV_EVERSION, NULL, b_head(&b, FS_DIR, 0, 0), b.ptr[4] = 0xff,
+         b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "type: unknown value", b_head(&b, 0, 0, 0), mark = 5,
          b_var(&b, 0), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "type: unknown value", b_head(&b, 4, 0, 0), mark = 5,
          b_var(&b, 0), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "trailing bytes", b_head(&b, FS_DIR, 0, 0), b_var(&b, 0),
-         b_var(&b, 0), b_var(&b, 0), MARK(), b_u8(&b, 0));
+         b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0), MARK(), b_u8(&b, 0));
     CASE(KV_ECORRUPT, "truncated", b_head(&b, FS_DIR, 0, 0), b_var(&b, 0),
-         b_var(&b, 0), MARK());
+         b_dflags(&b, 0), b_var(&b, 0), MARK());
 
     /* Attributes. */
     CASE(KV_ECORRUPT, "mode: bits other than permissions",
-         b_raw(&b, "QFSI\x01\x01", 6), MARK(), b_var(&b, S_IFREG | 0644),
+         b_raw(&b, "QFSI\x02\x01", 6), MARK(), b_var(&b, S_IFREG | 0644),
          b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0),
          b_var(&b, 0), b_var(&b, 0), b_u8(&b, 0), b_var(&b, 0));
-    CASE(KV_ECORRUPT, "uid: over 32 bits", b_raw(&b, "QFSI\x01\x02\x00", 7),
+    CASE(KV_ECORRUPT, "uid: over 32 bits", b_raw(&b, "QFSI\x02\x02\x00", 7),
          MARK(), b_var(&b, 1ull << 32), b_var(&b, 0), b_var(&b, 0),
-         b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0),
-         b_var(&b, 0));
+         b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0),
+         b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "gid: overlong varint",
-         b_raw(&b, "QFSI\x01\x02\x00\x00", 8), MARK(), b_u8(&b, 0x80),
+         b_raw(&b, "QFSI\x02\x02\x00\x00", 8), MARK(), b_u8(&b, 0x80),
          b_u8(&b, 0x00), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0),
-         b_var(&b, 0), b_var(&b, 0), b_var(&b, 0));
+         b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "atime: truncated or malformed varint",
-         b_raw(&b, "QFSI\x01\x02\x00\x00\x00\x00", 10), MARK(),
+         b_raw(&b, "QFSI\x02\x02\x00\x00\x00\x00", 10), MARK(),
          b_raw(&b, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 10));
 
     /* Xattrs. */
     CASE(KV_ECORRUPT, "xattr: empty name", b_head(&b, FS_DIR, 0, 0),
-         b_var(&b, 1), MARK(), b_str(&b, ""), b_str(&b, "v"), b_var(&b, 0),
-         b_var(&b, 0));
+         b_var(&b, 1), MARK(), b_str(&b, ""), b_str(&b, "v"), b_dflags(&b, 0),
+         b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "xattr: name contains a NUL byte",
          b_head(&b, FS_DIR, 0, 0), b_var(&b, 1), MARK(), b_mem(&b, "a\0b", 3),
-         b_str(&b, "v"), b_var(&b, 0), b_var(&b, 0));
+         b_str(&b, "v"), b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "xattr name: length over its limit",
          b_head(&b, FS_DIR, 0, 0), b_var(&b, 1), MARK(),
-         b_mem(&b, big, FS_XATTR_NAME_MAX + 1), b_str(&b, "v"), b_var(&b, 0),
-         b_var(&b, 0));
+         b_mem(&b, big, FS_XATTR_NAME_MAX + 1), b_str(&b, "v"), b_dflags(&b, 0),
+         b_var(&b, 0), b_var(&b, 0));
     CASE(0, NULL, b_head(&b, FS_DIR, 0, 0), b_var(&b, 1),
-         b_mem(&b, big, FS_XATTR_NAME_MAX), b_str(&b, "v"), b_var(&b, 0),
-         b_var(&b, 0));
+         b_mem(&b, big, FS_XATTR_NAME_MAX), b_str(&b, "v"), b_dflags(&b, 0),
+         b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "xattr: names not strictly ascending",
          b_head(&b, FS_DIR, 0, 0), b_var(&b, 2), b_str(&b, "user.b"),
          b_str(&b, ""), MARK(), b_str(&b, "user.a"), b_str(&b, ""),
-         b_var(&b, 0), b_var(&b, 0));
+         b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "xattr: names not strictly ascending",
          b_head(&b, FS_DIR, 0, 0), b_var(&b, 2), b_str(&b, "user.a"),
          b_str(&b, "1"), MARK(), b_str(&b, "user.a"), b_str(&b, "2"),
-         b_var(&b, 0), b_var(&b, 0));
+         b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
     {
         static uint8_t v[FS_XATTR_VALUE_MAX + 1];
         CASE(KV_ECORRUPT, "xattr value: length over its limit",
              b_head(&b, FS_DIR, 0, 0), b_var(&b, 1), b_str(&b, "user.v"),
-             MARK(), b_mem(&b, v, sizeof v), b_var(&b, 0), b_var(&b, 0));
+             MARK(), b_mem(&b, v, sizeof v), b_dflags(&b, 0), b_var(&b, 0),
+             b_var(&b, 0));
         /* Four values at the limit and their names: over the total. */
         CASE(KV_ECORRUPT, "xattr: over FS_XATTR_TOTAL_MAX in all",
              b_head(&b, FS_DIR, 0, 0), b_var(&b, 4), b_str(&b, "user.1"),
              b_mem(&b, v, FS_XATTR_VALUE_MAX), b_str(&b, "user.2"),
              b_mem(&b, v, FS_XATTR_VALUE_MAX), b_str(&b, "user.3"),
              b_mem(&b, v, FS_XATTR_VALUE_MAX), MARK(), b_str(&b, "user.4"),
-             b_mem(&b, v, FS_XATTR_VALUE_MAX), b_var(&b, 0), b_var(&b, 0));
+             b_mem(&b, v, FS_XATTR_VALUE_MAX), b_dflags(&b, 0), b_var(&b, 0),
+             b_var(&b, 0));
         CASE(0, NULL, b_head(&b, FS_DIR, 0, 0), b_var(&b, 4),
              b_str(&b, "user.1"), b_mem(&b, v, FS_XATTR_VALUE_MAX - 6),
              b_str(&b, "user.2"), b_mem(&b, v, FS_XATTR_VALUE_MAX - 6),
              b_str(&b, "user.3"), b_mem(&b, v, FS_XATTR_VALUE_MAX - 6),
              b_str(&b, "user.4"), b_mem(&b, v, FS_XATTR_VALUE_MAX - 6),
-             b_var(&b, 0), b_var(&b, 0));
+             b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
     }
 
     /* Files. */
@@ -691,7 +704,7 @@ Test(obj, every_decoder_check_rejects_its_case, .init = capture_log) {
          b_head(&b, FS_FILE, 0, FS_MAX_FILE_SIZE), b_var(&b, 0), b_u8(&b, 1),
          b_var(&b, 1), MARK(), b_chunk(&b, FS_MAX_CHUNKS, 5));
     CASE(KV_ECORRUPT, "size: over FS_MAX_FILE_SIZE",
-         b_raw(&b, "QFSI\x01\x01\x00\x00\x00", 9), MARK(),
+         b_raw(&b, "QFSI\x02\x01\x00\x00\x00", 9), MARK(),
          b_var(&b, FS_MAX_FILE_SIZE + 1), b_var(&b, 0), b_var(&b, 0),
          b_var(&b, 0), b_var(&b, 0), b_u8(&b, 1), b_var(&b, 0));
     CASE(KV_ECORRUPT, "chunk length: over 32 bits", b_head(&b, FS_FILE, 0, 100),
@@ -700,22 +713,48 @@ Test(obj, every_decoder_check_rejects_its_case, .init = capture_log) {
 
     /* Directories. */
     CASE(KV_ECORRUPT, "size: not 0 for a directory",
-         b_raw(&b, "QFSI\x01\x02\x00\x00\x00", 9), MARK(), b_var(&b, 1),
-         b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0),
+         b_raw(&b, "QFSI\x02\x02\x00\x00\x00", 9), MARK(), b_var(&b, 1),
+         b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0),
+         b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
+    /* The flags byte: bit 0 is split, every other bit is unknown. */
+    CASE(0, NULL, b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 1),
+         b_var(&b, 0), b_var(&b, 0));
+    CASE(KV_ECORRUPT, "directory flags: unknown bits", b_head(&b, FS_DIR, 0, 0),
+         b_var(&b, 0), MARK(), b_dflags(&b, 2), b_var(&b, 0), b_var(&b, 0));
+    CASE(KV_ECORRUPT, "directory flags: unknown bits", b_head(&b, FS_DIR, 0, 0),
+         b_var(&b, 0), MARK(), b_dflags(&b, 3), b_var(&b, 0), b_var(&b, 0));
+    CASE(KV_ECORRUPT, "directory flags: unknown bits", b_head(&b, FS_DIR, 0, 0),
+         b_var(&b, 0), MARK(), b_dflags(&b, 0x80), b_var(&b, 0), b_var(&b, 0));
+    CASE(KV_ECORRUPT, "directory flags: unknown bits", b_head(&b, FS_DIR, 0, 0),
+         b_var(&b, 0), MARK(), b_dflags(&b, 0xff), b_var(&b, 0), b_var(&b, 0));
+    CASE(KV_ECORRUPT, "directory flags: truncated", b_head(&b, FS_DIR, 0, 0),
+         b_var(&b, 0), MARK());
+    /* Version 1: the same layout without the flags byte, never split. */
+    CASE(0, NULL, b_head(&b, FS_DIR, 0, 0), b.ptr[4] = 1, b_var(&b, 0),
+         b_var(&b, 1), b_u64(&b, 1), b_var(&b, 1), b_var(&b, 1),
+         b_dirent(&b, "a", 1, 1, FS_FILE, 1, 1));
+    CASE(0, NULL, b_head(&b, FS_FILE, 0644, 2), b.ptr[4] = 1, b_var(&b, 0),
+         b_u8(&b, 0), b_str(&b, "hi"));
+    /* (A flags byte in a version-1 directory is its clock count, and the
+     * entry count becomes a byte too many.) */
+    CASE(KV_ECORRUPT, "object: trailing bytes", b_head(&b, FS_DIR, 0, 0),
+         b.ptr[4] = 1, b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0), MARK(),
          b_var(&b, 0));
     CASE(KV_ECORRUPT, "clock: zero counter", b_head(&b, FS_DIR, 0, 0),
-         b_var(&b, 0), b_var(&b, 1), MARK(), b_u64(&b, 1), b_var(&b, 0),
+         b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 1), MARK(), b_u64(&b, 1),
+         b_var(&b, 0), b_var(&b, 0));
+    CASE(KV_ECORRUPT, "clock: actors not strictly ascending",
+         b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 2),
+         b_u64(&b, 2), b_var(&b, 1), MARK(), b_u64(&b, 1), b_var(&b, 1),
          b_var(&b, 0));
     CASE(KV_ECORRUPT, "clock: actors not strictly ascending",
-         b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_var(&b, 2), b_u64(&b, 2),
-         b_var(&b, 1), MARK(), b_u64(&b, 1), b_var(&b, 1), b_var(&b, 0));
-    CASE(KV_ECORRUPT, "clock: actors not strictly ascending",
-         b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_var(&b, 2), b_u64(&b, 2),
-         b_var(&b, 1), MARK(), b_u64(&b, 2), b_var(&b, 3), b_var(&b, 0));
+         b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 2),
+         b_u64(&b, 2), b_var(&b, 1), MARK(), b_u64(&b, 2), b_var(&b, 3),
+         b_var(&b, 0));
 #define DIR1(...)                                                              \
-    b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_var(&b, 2), b_u64(&b, 1),        \
-        b_var(&b, 5), b_u64(&b, 2), b_var(&b, 5), b_var(&b, 1), MARK(),        \
-        b_dirent(&b, __VA_ARGS__)
+    b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 2),     \
+        b_u64(&b, 1), b_var(&b, 5), b_u64(&b, 2), b_var(&b, 5), b_var(&b, 1),  \
+        MARK(), b_dirent(&b, __VA_ARGS__)
     CASE(0, NULL, DIR1("ok", 2, 1, FS_FILE, 1, 5));
     /* (One byte more, so the count is not the first thing found out.) */
     CASE(KV_ECORRUPT, "entry: empty name", DIR1("", 0, 1, FS_FILE, 1, 1),
@@ -745,8 +784,8 @@ Test(obj, every_decoder_check_rejects_its_case, .init = capture_log) {
          DIR1("a", 1, 1, FS_FILE, 3, 1)); /* an actor the clock lacks */
 #undef DIR1
 #define DIR2(...)                                                              \
-    b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_var(&b, 2), b_u64(&b, 1),        \
-        b_var(&b, 5), b_u64(&b, 2), b_var(&b, 5), b_var(&b, 2),                \
+    b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 2),     \
+        b_u64(&b, 1), b_var(&b, 5), b_u64(&b, 2), b_var(&b, 5), b_var(&b, 2),  \
         b_dirent(&b, "m", 1, 5, FS_FILE, 1, 3), MARK(),                        \
         b_dirent(&b, __VA_ARGS__)
     /* Order: name bytes, then id bytes, then actor, then counter. */
@@ -791,11 +830,11 @@ Test(obj, huge_counts_fail_before_allocating, .init = capture_log) {
     for (size_t i = 0; i < KV_ARRAY_LEN(counts); i++) {
         uint64_t n = counts[i];
         CASE(KV_ECORRUPT, "xattr count: count", b_head(&b, FS_DIR, 0, 0),
-             MARK(), b_var(&b, n), b_var(&b, 0), b_var(&b, 0));
+             MARK(), b_var(&b, n), b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
         CASE(KV_ECORRUPT, "clock count: count", b_head(&b, FS_DIR, 0, 0),
-             b_var(&b, 0), MARK(), b_var(&b, n), b_var(&b, 0));
+             b_var(&b, 0), b_dflags(&b, 0), MARK(), b_var(&b, n), b_var(&b, 0));
         CASE(KV_ECORRUPT, "entry count: count", b_head(&b, FS_DIR, 0, 0),
-             b_var(&b, 0), b_var(&b, 0), MARK(), b_var(&b, n),
+             b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0), MARK(), b_var(&b, n),
              b_dirent(&b, "a", 1, 1, FS_FILE, 1, 1));
         CASE(KV_ECORRUPT, "chunk count: count",
              b_head(&b, FS_FILE, 0, FS_MAX_FILE_SIZE), b_var(&b, 0),
@@ -803,17 +842,17 @@ Test(obj, huge_counts_fail_before_allocating, .init = capture_log) {
     }
     /* Over the format's own limits, whatever the input. */
     CASE(KV_ECORRUPT, "entry count: count over its limit",
-         b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_var(&b, 0), MARK(),
-         b_var(&b, FS_MAX_ENTRIES + 1ull));
+         b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0),
+         MARK(), b_var(&b, FS_MAX_ENTRIES + 1ull));
     CASE(KV_ECORRUPT, "chunk count: count over its limit",
          b_head(&b, FS_FILE, 0, 0), b_var(&b, 0), b_u8(&b, 1), MARK(),
          b_var(&b, FS_MAX_CHUNKS + 1ull));
     /* A length beyond the input (after the bounded entry array). */
     no_alloc = false;
     CASE(KV_ECORRUPT, "entry name: length exceeds the input",
-         b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 1),
-         MARK(), b_var(&b, 200), b_u64(&b, 0), b_u64(&b, 0), b_u64(&b, 0),
-         b_u64(&b, 0));
+         b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 0), b_var(&b, 0),
+         b_var(&b, 1), MARK(), b_var(&b, 200), b_u64(&b, 0), b_u64(&b, 0),
+         b_u64(&b, 0), b_u64(&b, 0));
     kv_buf_release(&b);
 }
 
@@ -1592,6 +1631,181 @@ Test(obj, replicas_converge_whatever_order_they_merge_in) {
     }
 }
 
+/* ---- split directories, and version 1 ---- */
+
+/* The directory of the pinned example: mode 0755, "x" -> id 00..07 (a
+ * file) added by actor 5 as its first add. */
+static void example_dir(fs_inode *d) {
+    *d = new_dir();
+    d->mode |= 0755;
+    fs_id x;
+    memset(&x, 0, sizeof x);
+    x.b[15] = 7;
+    OK(fs_dir_add(d, "x", &x, FS_FILE, 5));
+}
+
+/* The same by hand, sealed: version 1 has no flags byte. */
+static void b_example_dir(kv_buf *b, uint8_t version, uint8_t flags) {
+    kv_buf_reset(b);
+    b_head(b, FS_DIR, 0755, 0);
+    b->ptr[4] = version;
+    b_var(b, 0); /* no xattrs */
+    if (version >= 2) b_dflags(b, flags);
+    b_var(b, 1);
+    b_u64(b, 5);
+    b_var(b, 1); /* clock {5:1} */
+    b_var(b, 1);
+    b_dirent(b, "x", 1, 7, FS_FILE, 5, 1);
+    seal(b);
+}
+
+/* Objects written before directories could split stay readable: a
+ * version-1 directory has no flags byte, decodes unsplit, and is written
+ * back as version 2 with the flags byte 0. */
+Test(obj, a_version_1_directory_decodes_unsplit_and_reencodes_as_version_2) {
+    kv_buf v1 = KV_BUF_INIT, v2 = KV_BUF_INIT, e = KV_BUF_INIT;
+    b_example_dir(&v1, 1, 0);
+    b_example_dir(&v2, 2, 0);
+    cr_assert_eq(v1.len + 1, v2.len);
+    /* The bytes version 1 wrote for the example (docs/fs-format.md). */
+    static const uint8_t v1_sum[] = {0xd5, 0x38, 0x57, 0xa2,
+                                     0xc6, 0xb9, 0x32, 0xcb};
+    cr_assert_eq(v1.len, 62);
+    cr_assert_eq(memcmp(v1.ptr + v1.len - 8, v1_sum, 8), 0);
+    fs_inode d, want;
+    OK(fs_inode_decode(kv_buf_slice(&v1), &d));
+    cr_assert(!d.split);
+    cr_assert_eq(d.mode, S_IFDIR | 0755);
+    cr_assert_eq(d.nclock, 1);
+    cr_assert_eq(clock_of(&d, 5), 1);
+    cr_assert_eq(d.nentries, 1);
+    cr_assert_str_eq(d.entries[0].name, "x");
+    cr_assert_eq(d.entries[0].id.b[15], 7);
+    cr_assert_eq(d.entries[0].type, FS_FILE);
+    cr_assert_eq(d.entries[0].dot.actor, 5);
+    cr_assert_eq(d.entries[0].dot.counter, 1);
+    encode(&d, &e);
+    cr_assert_eq(e.ptr[4], 2);
+    expect_buf_eq(&e, &v2);
+    /* The version-2 bytes are those of the example made through the
+     * API. */
+    example_dir(&want);
+    expect_same(&d, &want);
+    fs_inode_release(&d);
+    fs_inode_release(&want);
+    kv_buf_release(&v1);
+    kv_buf_release(&v2);
+    kv_buf_release(&e);
+}
+
+Test(obj, the_split_flag_is_bit_0_of_the_flags_byte_and_survives) {
+    fs_inode d, got;
+    example_dir(&d);
+    kv_buf plain = KV_BUF_INIT, e = KV_BUF_INIT, hand = KV_BUF_INIT;
+    encode(&d, &plain);
+    cr_assert(!d.split);
+    d.split = true;
+    encode(&d, &e);
+    b_example_dir(&hand, 2, 1);
+    expect_buf_eq(&e, &hand);
+    /* The flags byte follows the header (6), mode (2), uid, gid, size,
+     * the times (6) and the xattr count (1): offset 15. Nothing else but
+     * the checksum differs. */
+    cr_assert_eq(e.len, plain.len);
+    cr_assert_eq(plain.ptr[15], 0);
+    for (size_t i = 0; i < e.len - 8; i++)
+        cr_assert_eq(e.ptr[i], i == 15 ? 1 : plain.ptr[i], "byte %zu", i);
+    cr_assert_neq(memcmp(e.ptr + e.len - 8, plain.ptr + plain.len - 8, 8), 0);
+    OK(fs_inode_decode(kv_buf_slice(&e), &got));
+    cr_assert(got.split);
+    fs_inode_release(&got);
+    OK(fs_inode_decode(kv_buf_slice(&plain), &got));
+    cr_assert(!got.split);
+    fs_inode_release(&got);
+    fs_inode_release(&d);
+    /* A fuller directory: split, xattrs, two actors. */
+    sample_dir(&d);
+    d.split = true;
+    roundtrip(&d, &got);
+    cr_assert(got.split);
+    cr_assert_eq(got.nentries, 3);
+    fs_inode_release(&got);
+    fs_inode_release(&d);
+    kv_buf_release(&plain);
+    kv_buf_release(&e);
+    kv_buf_release(&hand);
+}
+
+Test(obj, only_a_directory_can_be_split) {
+    fs_inode file, chunked, sym, dir;
+    sample_file(&file);
+    sample_chunked(&chunked);
+    sample_symlink(&sym);
+    sample_dir(&dir);
+    BAD(&file, -EINVAL, x->split = true);
+    BAD(&chunked, -EINVAL, x->split = true);
+    BAD(&sym, -EINVAL, x->split = true);
+    /* Without the flag each encodes, and the directory does with it. */
+    kv_buf e = KV_BUF_INIT;
+    encode(&file, &e);
+    encode(&chunked, &e);
+    encode(&sym, &e);
+    dir.split = true;
+    encode(&dir, &e);
+    kv_buf_release(&e);
+    fs_inode all[] = {file, chunked, sym, dir};
+    for (size_t i = 0; i < KV_ARRAY_LEN(all); i++) fs_inode_release(&all[i]);
+}
+
+/* Once any mount split a directory object, every merge keeps it split,
+ * whichever side had the flag and whichever side's attributes win; the
+ * merge stays commutative. */
+Test(obj, a_merge_keeps_the_split_flag_of_either_side) {
+    /* 0: r1 split, 1: r2 split, 2: both, 3: neither. */
+    for (int side = 0; side < 4; side++) {
+        fs_inode base = new_dir();
+        add(&base, "a", 1, C);
+        pair p;
+        pair_start(&p, &base);
+        add(&p.r1, "b", 2, A);
+        p.r1.ctime_ns = 10; /* r1's attributes win */
+        add(&p.r2, "c", 3, B);
+        p.r1.split = side == 0 || side == 2;
+        p.r2.split = side == 1 || side == 2;
+        pair_merge(&p); /* both orders, equal encodings */
+        bool want = side != 3;
+        cr_assert_eq(p.m12.split, want, "side %d", side);
+        cr_assert_eq(p.m21.split, want, "side %d", side);
+        cr_assert_eq(p.m12.nentries, 3);
+        cr_assert_eq(p.m12.ctime_ns, 10);
+        /* A stale unsplit version merged in does not clear it. */
+        merge(&p.m12, &base);
+        cr_assert_eq(p.m12.split, want);
+        fs_inode back = merged(&base, &p.m21);
+        cr_assert_eq(back.split, want);
+        expect_same(&back, &p.m12);
+        fs_inode_release(&back);
+        pair_free(&p);
+        fs_inode_release(&base);
+    }
+}
+
+Test(obj, copies_keep_the_split_flag) {
+    fs_inode d;
+    sample_dir(&d);
+    d.split = true;
+    fs_inode c = copy_of(&d);
+    cr_assert(c.split);
+    expect_same(&c, &d);
+    fs_inode_release(&c);
+    d.split = false;
+    c = copy_of(&d);
+    cr_assert(!c.split);
+    expect_same(&c, &d);
+    fs_inode_release(&c);
+    fs_inode_release(&d);
+}
+
 /* ---- files ---- */
 
 Test(obj, chunks_stay_sorted_and_are_found_by_index) {
@@ -1797,6 +2011,136 @@ Test(obj, keys_name_the_volume_kind_and_id_in_lowercase_hex) {
     kv_buf_release(&k);
 }
 
+Test(obj, shard_keys_name_the_level_and_the_index_in_fixed_width_hex) {
+    kv_buf k = KV_BUF_INIT, ik = KV_BUF_INIT;
+    fs_id id;
+    for (int i = 0; i < FS_ID_LEN; i++) id.b[i] = (uint8_t)(i * 0x11);
+    /* Level 0 is the directory's own object. */
+    OK(fs_key_shard("vol", &id, 0, 0, &k));
+    OK(fs_key_inode("vol", &id, &ik));
+    expect_buf_eq(&k, &ik);
+    cr_assert_str_eq((const char *)k.ptr,
+                     "vol/i/00112233445566778899aabbccddeeff");
+    static const struct {
+        unsigned level;
+        uint64_t index;
+        const char *tail;
+    } ok[] = {
+        {1, 0xa, "1/a"},
+        {1, 0x0, "1/0"},
+        {1, 0xf, "1/f"},
+        {2, 0x0f, "2/0f"},
+        {3, 0x0, "3/000"},
+        {10, 0xabcdef0123, "10/abcdef0123"},
+        {FS_SHARD_LEVELS, (1ull << 60) - 1, "15/fffffffffffffff"},
+        {FS_SHARD_LEVELS, 1, "15/000000000000001"},
+    };
+    for (size_t i = 0; i < KV_ARRAY_LEN(ok); i++) {
+        char want[128];
+        snprintf(want, sizeof want, "vol/s/00112233445566778899aabbccddeeff/%s",
+                 ok[i].tail);
+        OK(fs_key_shard("vol", &id, ok[i].level, ok[i].index, &k));
+        cr_assert_str_eq((const char *)k.ptr, want); /* NUL-terminated */
+        cr_assert_eq(k.len, strlen(want));
+    }
+    /* Too deep, an index too wide for its level, a bad volume: -EINVAL,
+     * the output unchanged. */
+    OK(fs_key_shard("v", &id, 2, 0x0f, &k));
+    const char *kept = "v/s/00112233445566778899aabbccddeeff/2/0f";
+    EXPECT_RC(fs_key_shard("v", &id, FS_SHARD_LEVELS + 1, 0, &k), -EINVAL);
+    EXPECT_RC(fs_key_shard("v", &id, 64, 0, &k), -EINVAL);
+    EXPECT_RC(fs_key_shard("v", &id, 1, 0x10, &k), -EINVAL);
+    EXPECT_RC(fs_key_shard("v", &id, 2, 0x100, &k), -EINVAL);
+    EXPECT_RC(fs_key_shard("v", &id, FS_SHARD_LEVELS, 1ull << 60, &k), -EINVAL);
+    EXPECT_RC(fs_key_shard("v", &id, 1, UINT64_MAX, &k), -EINVAL);
+    EXPECT_RC(fs_key_shard("a/b", &id, 1, 0, &k), -EINVAL);
+    EXPECT_RC(fs_key_shard("", &id, 1, 0, &k), -EINVAL);
+    EXPECT_RC(fs_key_shard(NULL, &id, 0, 0, &k), -EINVAL);
+    cr_assert_str_eq((const char *)k.ptr, kept);
+    cr_assert_eq(k.len, strlen(kept));
+    kv_buf_release(&k);
+    kv_buf_release(&ik);
+}
+
+Test(obj, a_shard_index_is_the_top_bits_of_the_hash) {
+    const uint64_t h = 0xfedcba9876543210ull;
+    cr_assert_eq(fs_shard_index(h, 0), 0);
+    cr_assert_eq(fs_shard_index(h, 1), 0xf);
+    cr_assert_eq(fs_shard_index(h, 1), h >> 60);
+    cr_assert_eq(fs_shard_index(h, 2), 0xfe);
+    cr_assert_eq(fs_shard_index(h, 2), h >> 56);
+    cr_assert_eq(fs_shard_index(h, 3), 0xfed);
+    cr_assert_eq(fs_shard_index(h, FS_SHARD_LEVELS), 0xfedcba987654321ull);
+    cr_assert_eq(fs_shard_index(0x0123456789abcdefull, 1), 0);
+    cr_assert_eq(fs_shard_index(0x0123456789abcdefull, 2), 0x01);
+    /* Along any path, each object is one of the FS_SHARD_FANOUT children
+     * of the one above it, and every index has a key. */
+    kv_buf k = KV_BUF_INIT;
+    fs_id id = idn(1);
+    for (uint64_t n = 0; n < 200; n++) {
+        uint64_t x = mix64(n);
+        for (unsigned level = 1; level <= FS_SHARD_LEVELS; level++) {
+            uint64_t i = fs_shard_index(x, level);
+            cr_assert_eq(i / FS_SHARD_FANOUT, fs_shard_index(x, level - 1));
+            cr_assert_eq(i, x >> (64 - FS_SHARD_BITS * level));
+            OK(fs_key_shard("v", &id, level, i, &k));
+        }
+    }
+    kv_buf_release(&k);
+}
+
+Test(obj, name_hashes_depend_on_the_directory_and_the_name) {
+    fs_id d1, d2, d3;
+    for (int i = 0; i < FS_ID_LEN; i++) d1.b[i] = (uint8_t)(i + 1);
+    d2 = d1;
+    d2.b[0] ^= 0x80; /* another directory */
+    d3 = d1;
+    d3.b[8] ^= 0x80; /* only the first 8 bytes seed the hash */
+    char n1[] = "report.txt", n2[] = "report.txt";
+    fs_id again = d1;
+    uint64_t h = fs_name_hash(&d1, n1);
+    cr_assert_eq(fs_name_hash(&again, n2), h);
+    cr_assert_eq(fs_name_hash(&d3, n1), h);
+    cr_assert_neq(fs_name_hash(&d2, n1), h);
+    cr_assert_neq(fs_name_hash(&d1, "report.txu"), h);
+    /* The definition: xxh3-64 of the name's bytes seeded with the id's
+     * first 8 bytes as kv_get_u64 reads them: little-endian, so bytes
+     * 01 02 .. 08 are the seed 0x0807060504030201. */
+    cr_assert_eq(h, XXH3_64bits_withSeed(n1, strlen(n1), kv_get_u64(d1.b)));
+    cr_assert_eq(h,
+                 XXH3_64bits_withSeed(n1, strlen(n1), 0x0807060504030201ull));
+    /* Pinned: a hash that changed would look for every name of a split
+     * directory in the wrong shard. */
+    cr_assert_eq(h, 0x795063d6ce02b6e4ull, "0x%016llx", (unsigned long long)h);
+    cr_assert_eq(fs_name_hash(&d2, n1), 0xac0b7f86aa34b0baull);
+    fs_id root;
+    memset(&root, 0, sizeof root);
+    cr_assert_eq(fs_name_hash(&root, "a"), 0xe6c632b61e964e1full);
+}
+
+/* A user relies on no shard getting most of a large directory: 10,000
+ * names of one pattern fall on every first-level index about equally
+ * (625 each on average). */
+Test(obj, names_spread_evenly_over_the_first_level) {
+    fs_id ids[3];
+    memset(&ids[0], 0, sizeof ids[0]); /* the root */
+    ids[1] = idn(1);
+    for (int i = 0; i < FS_ID_LEN; i++) ids[2].b[i] = (uint8_t)(0xf0 - i);
+    for (size_t d = 0; d < KV_ARRAY_LEN(ids); d++) {
+        unsigned count[FS_SHARD_FANOUT] = {0};
+        for (int n = 0; n < 10000; n++) {
+            char name[32];
+            snprintf(name, sizeof name, "file-%05d.txt", n);
+            uint64_t i = fs_shard_index(fs_name_hash(&ids[d], name), 1);
+            cr_assert_lt(i, FS_SHARD_FANOUT);
+            count[i]++;
+        }
+        for (unsigned i = 0; i < FS_SHARD_FANOUT; i++)
+            cr_assert(count[i] >= 400 && count[i] <= 850,
+                      "directory %zu: index %u has %u names", d, i, count[i]);
+    }
+}
+
 /* ---- allocation failures ---- */
 
 /* call with the k-th allocation failing, k = 0, 1, ... until it succeeds:
@@ -1894,6 +2238,10 @@ Test(obj, allocation_failures_change_nothing) {
     FAIL_LOOP(fs_key_inode("vol", &id, &key),
               cr_assert_str_eq((const char *)key.ptr, "old"),
               cr_assert_eq(key.len, 4 + 2 * FS_ID_LEN + 2));
+    OK(kv_buf_set(&key, "old", 4));
+    FAIL_LOOP(fs_key_shard("vol", &id, 2, 0x0f, &key),
+              cr_assert_str_eq((const char *)key.ptr, "old"),
+              cr_assert_eq(key.len, 4 + 2 + 2 * FS_ID_LEN + 5));
     kv_buf_release(&key);
     free_pool(pool);
     kv_buf_release(&e);

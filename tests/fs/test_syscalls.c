@@ -15,6 +15,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <grp.h>
 #include <limits.h>
 #include <stdint.h>
@@ -1270,19 +1271,27 @@ static int count_getdents(const char *path, int n) {
     return total;
 }
 
-Test(sys, readdir_of_1000_entries_gives_each_once) {
-    enum { N = 1000 };
-    static bool present[N];
-    SYS(mkdir(mp("big"), 0755));
-    for (int i = 0; i < N; i++) {
+/* n entries e0000... in dir, every tenth a directory, the rest empty
+ * files; present[i] set for each. */
+static void make_entries(const char *dir, bool *present, int n) {
+    char path[PATH_MAX];
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/e%04d", dir, i);
         if (i % 10 == 0) {
-            SYS(mkdir(mp("big/e%04d", i), 0755));
+            SYS(mkdir(path, 0755));
         } else {
-            int fd = (int)SYS(open(mp("big/e%04d", i), O_CREAT | O_EXCL, 0644));
+            int fd = (int)SYS(open(path, O_CREAT | O_EXCL, 0644));
             SYS(close(fd));
         }
         present[i] = true;
     }
+}
+
+Test(sys, readdir_of_1000_entries_gives_each_once) {
+    enum { N = 1000 };
+    static bool present[N];
+    SYS(mkdir(mp("big"), 0755));
+    make_entries(mp("big"), present, N);
     /* st_ino from stat before any listing: a listing that hands the
      * kernel attributes (readdirplus) would otherwise answer the stat. */
     static ino_t inos[N];
@@ -1312,6 +1321,174 @@ Test(sys, readdir_of_1000_entries_gives_each_once) {
     cr_assert_eq(count_getdents(mp("big"), N), N / 2 + 2);
     remount();
     expect_listing(mp("big"), present, inos, N); /* st_ino kept, too */
+}
+
+/* Entries readdir gives for path, "." and ".." included. */
+static int count_entries(const char *path) {
+    DIR *d = opendir(path);
+    cr_assert_not_null(d, "opendir %s: %s", path, strerror(errno));
+    int n = 0;
+    while (readdir(d) != NULL) n++;
+    closedir(d);
+    return n;
+}
+
+/* A directory past FS_SHARD_SPLIT entries spreads over shard objects,
+ * two levels down at 5000 (more than 256 + 16 * 256): every name is
+ * found, renames move entries between shards and directories, rmdir
+ * waits for the last entry, and the directory's times follow changes
+ * made below level 0. */
+Test(sys, a_directory_of_5000_entries_spread_over_shards) {
+    enum { N = 5000 };
+    static bool present[N];
+    SYS(mkdir(mp("big"), 0755));
+    SYS(mkdir(mp("other"), 0755));
+    make_entries(mp("big"), present, N);
+    expect_listing(mp("big"), present, NULL, N);
+    /* fsyncdir: every shard the first time, then the ones written since. */
+    int dfd = (int)SYS(open(mp("big"), O_RDONLY | O_DIRECTORY));
+    cr_assert_eq(SYS(fsync(dfd)), 0);
+    write_file(mp("big/synced"), "s");
+    cr_assert_eq(SYS(fsync(dfd)), 0);
+    SYS(close(dfd));
+    SYS(unlink(mp("big/synced")));
+    for (int i = 0; i < N; i += 7) {
+        struct stat st = stat_of(mp("big/e%04d", i));
+        cr_assert_eq(S_ISDIR(st.st_mode), i % 10 == 0, "e%04d: mode %o", i,
+                     st.st_mode);
+    }
+    SYS_ERR(open(mp("big/e0001"), O_CREAT | O_EXCL, 0644), EEXIST);
+
+    /* Renames to new names in the same directory and into another one,
+     * then back. */
+    for (int i = 1; i < N; i += 50) {
+        SYS(rename(mp("big/e%04d", i), mp("big/r%04d", i)));
+        SYS(rename(mp("big/e%04d", i + 2), mp("other/e%04d", i + 2)));
+    }
+    DIR *d = opendir(mp("big"));
+    cr_assert_not_null(d);
+    int total = 0, renamed = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        total++;
+        int i;
+        if (sscanf(de->d_name, "e%4d", &i) == 1)
+            cr_assert(i % 50 != 1 && i % 50 != 3, "%s is still listed",
+                      de->d_name);
+        renamed += de->d_name[0] == 'r';
+    }
+    closedir(d);
+    cr_assert_eq(renamed, N / 50, "%d renamed names listed", renamed);
+    cr_assert_eq(total, N - N / 50 + 2);
+    cr_assert_eq(count_entries(mp("other")), N / 50 + 2);
+    for (int i = 1; i < N; i += 50) {
+        SYS_ERR(stat(mp("big/e%04d", i), &(struct stat){0}), ENOENT);
+        SYS_ERR(stat(mp("big/e%04d", i + 2), &(struct stat){0}), ENOENT);
+        SYS(rename(mp("big/r%04d", i), mp("big/e%04d", i)));
+        SYS(rename(mp("other/e%04d", i + 2), mp("big/e%04d", i + 2)));
+    }
+    expect_listing(mp("big"), present, NULL, N);
+    cr_assert_eq(count_entries(mp("other")), 2);
+
+    /* The times: a create below level 0 still marks the directory. */
+    int64_t t0 = now_ns();
+    age(mp("big"));
+    write_file(mp("big/new"), "n");
+    expect_touched(mp("big"), t0, "big after a create in a shard");
+    SYS(unlink(mp("big/new")));
+
+    /* rmdir gives ENOTEMPTY until the last entry is gone. */
+    for (int i = 0; i < N - 1; i++) {
+        if (i % 10 == 0)
+            SYS(rmdir(mp("big/e%04d", i)));
+        else
+            SYS(unlink(mp("big/e%04d", i)));
+    }
+    SYS_ERR(rmdir(mp("big")), ENOTEMPTY);
+    SYS(unlink(mp("big/e%04d", N - 1)));
+    SYS(rmdir(mp("big")));
+    SYS_ERR(stat(mp("big"), &(struct stat){0}), ENOENT);
+    remount();
+    SYS_ERR(stat(mp("big"), &(struct stat){0}), ENOENT);
+    cr_assert_eq(count_entries(mp("other")), 2);
+    SYS(mkdir(mp("big"), 0755)); /* the name is free, the new one empty */
+    cr_assert_eq(count_entries(mp("big")), 2);
+}
+
+/* Threads of one mount creating in one directory while others look names
+ * up in it: lookups read the directory while creates change it, and a
+ * create must never build on a read that lacks this mount's own last add
+ * (its dot would be reused, and a merge would drop both entries). */
+typedef struct maker {
+    int from, n;
+    volatile bool *stop;
+    int err, failed_at; /* the first failed create's errno and index */
+} maker;
+
+static void *make_files(void *arg) {
+    maker *m = arg;
+    for (int i = m->from; i < m->from + m->n; i++) {
+        char path[PATH_MAX]; /* not mp(): its buffers are not per thread */
+        snprintf(path, sizeof path, "%s/crowd/e%04d", g_m.dir, i);
+        int fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0644);
+        if (fd < 0 && !m->err) {
+            m->err = errno;
+            m->failed_at = i;
+        }
+        if (fd >= 0) close(fd);
+    }
+    return NULL;
+}
+
+static void *look_up(void *arg) {
+    maker *m = arg;
+    struct stat st;
+    char path[PATH_MAX];
+    for (unsigned i = 0; !*m->stop; i++) {
+        snprintf(path, sizeof path, "%s/crowd/e%04d", g_m.dir,
+                 (int)(i * 7919u % 1200u));
+        stat(path, &st);
+    }
+    return NULL;
+}
+
+Test(sys, creates_and_lookups_in_one_directory_from_many_threads_lose_nothing) {
+    enum { N = 1200, MAKERS = 4 };
+    SYS(mkdir(mp("crowd"), 0755));
+    volatile bool stop = false;
+    maker m[MAKERS + 2];
+    pthread_t th[MAKERS + 2];
+    for (int i = 0; i < MAKERS + 2; i++) {
+        m[i] = (maker){i * (N / MAKERS), N / MAKERS, &stop, 0, 0};
+        cr_assert_eq(pthread_create(&th[i], NULL,
+                                    i < MAKERS ? make_files : look_up, &m[i]),
+                     0);
+    }
+    for (int i = 0; i < MAKERS; i++) pthread_join(th[i], NULL);
+    stop = true;
+    for (int i = MAKERS; i < MAKERS + 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < MAKERS; i++)
+        cr_assert_eq(m[i].err, 0, "create e%04d: %s", m[i].failed_at,
+                     strerror(m[i].err));
+    DIR *d = opendir(mp("crowd"));
+    cr_assert_not_null(d);
+    static int seen[N];
+    int other = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int i;
+        char extra;
+        if (sscanf(e->d_name, "e%4d%c", &i, &extra) == 1 && i >= 0 && i < N)
+            seen[i]++;
+        else if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            other++;
+    }
+    closedir(d);
+    cr_assert_eq(other, 0, "%d unexpected names", other);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(seen[i], 1, "e%04d listed %d times", i, seen[i]);
+    remount();
+    for (int i = 0; i < N; i += 13) stat_of(mp("crowd/e%04d", i));
 }
 
 /* ---- permissions ---- */

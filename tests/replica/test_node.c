@@ -472,6 +472,116 @@ Test(node, in_process_clients_without_tcp) {
     rep_client_close(c);
 }
 
+static void *local_direct_writer(void *p) {
+    local_arg *a = p;
+    rep_client *c;
+    if (rep_node_connect_local(g_node, 5000, &c)) return NULL;
+    for (int i = 0; i < 200; i++) {
+        char key[32], val[32];
+        snprintf(key, sizeof key, "direct/%d/%d", a->id, i);
+        snprintf(val, sizeof val, "v%d", i);
+        if (rep_client_put(c, S(key), S(""), S(val),
+                           &(rep_opts){.nosync = i % 2 == 0}) == 0)
+            a->ok++;
+    }
+    rep_client_close(c);
+    return NULL;
+}
+
+/* The embedded mount's client: gets and puts on the caller's thread,
+ * answering as the node's coordinator does (what one writes the other
+ * reads, contexts as in put_returns_a_context_only_the_writer_has_seen,
+ * the same refusals); deletes go through the loop; a node that listens
+ * refuses it; a stopped node gives an error. */
+Test(node, local_clients_answer_as_the_coordinator_does) {
+    rep_node_opts o;
+    rep_node_opts_init(&o);
+    o.data_dir = g_dir;
+    o.name = "embedded";
+    OK(rep_node_open(&o, &g_node));
+    OK(rep_node_start(g_node));
+    rep_client *l, *w;
+    OK(rep_node_connect_local(g_node, 5000, &l));
+    OK(rep_node_connect(g_node, 5000, &w));
+    cr_assert_str_eq(rep_client_node(l), "embedded");
+
+    kv_buf ca = KV_BUF_INIT, cb = KV_BUF_INIT, obj = KV_BUF_INIT;
+    OK(rep_client_put_ctx(l, S("doc"), S(""), S("v1"), NULL, &ca));
+    cr_assert_gt(ca.len, 0, "a lone version comes back with a context");
+    OK(rep_client_put_ctx(l, S("doc"), kv_buf_slice(&ca), S("v2"), NULL, &ca));
+    dvv_set *s = get(w, "doc");
+    expect_values(s, 1, (const char *[]){"v2"});
+    dvv_set_free(s);
+    OK(rep_client_put_ctx(w, S("doc"), S(""), S("b1"), NULL, &cb));
+    OK(rep_client_put_ctx(l, S("doc"), kv_buf_slice(&ca), S("v3"), NULL, &ca));
+    cr_assert_eq(ca.len, 0, "siblings remain: no context");
+    s = get(l, "doc");
+    expect_values(s, 2, (const char *[]){"v3", "b1"});
+    ctx_of(s, &cb);
+    dvv_set_free(s);
+    /* The same bytes both ways. */
+    kv_buf viaw = KV_BUF_INIT;
+    OK(rep_client_get(l, S("doc"), NULL, &obj));
+    OK(rep_client_get(w, S("doc"), NULL, &viaw));
+    cr_assert(kv_slice_eq(kv_buf_slice(&obj), kv_buf_slice(&viaw)));
+    kv_buf_release(&viaw);
+
+    /* Refusals, and the client stays usable. */
+    EXPECT_RC(rep_client_get(l, S(""), NULL, &obj), -EINVAL);
+    EXPECT_RC(rep_client_get(l, S("k"), &(rep_opts){.n = 2, .r = 3}, &obj),
+              -EINVAL);
+    EXPECT_RC(rep_client_put(l, S("k"), S("not a context"), S("v"), NULL),
+              KV_EPROTO);
+    EXPECT_RC(rep_client_put(l, S("k"), S(""), S("x"),
+                             &(rep_opts){.sync = true, .nosync = true}),
+              -EINVAL);
+    EXPECT_RC(rep_client_get(l, S("k"), NULL, &obj), KV_ENOTFOUND);
+    EXPECT_RC(rep_client_bucket(l, S("b"), 1), -ENOTSUP);
+    cr_assert_not(rep_client_broken(l));
+
+    /* A delete (over the loop) with the read's context. */
+    OK(rep_client_del(l, S("doc"), kv_buf_slice(&cb), NULL));
+    for (int i = 0; i < 2; i++) {
+        s = get(i ? w : l, "doc");
+        cr_assert_eq(dvv_set_siblings(s), 1);
+        cr_assert(dvv_set_sibling(s, 0).value.flags & DVV_TOMBSTONE);
+        dvv_set_free(s);
+    }
+
+    /* Threads, each with its own local client, group-committing. */
+    pthread_t t[4];
+    local_arg args[4] = {{0, 0}, {1, 0}, {2, 0}, {3, 0}};
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, local_direct_writer, &args[i]);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(args[i].ok, 200, "writer %d: %d of 200", i, args[i].ok);
+        for (int k = 0; k < 200; k += 13) {
+            char key[32];
+            snprintf(key, sizeof key, "direct/%d/%d", i, k);
+            s = get(w, key);
+            cr_assert_not_null(s, "%s is missing", key);
+            dvv_set_free(s);
+        }
+    }
+
+    rep_node_stop(g_node);
+    EXPECT_RC(rep_client_get(l, S("direct/0/0"), NULL, &obj), KV_ECLOSED);
+    EXPECT_RC(rep_client_put(l, S("k"), S(""), S("v"), NULL), KV_ECLOSED);
+    kv_buf_release(&obj);
+    kv_buf_release(&ca);
+    kv_buf_release(&cb);
+    rep_client_close(w);
+    rep_client_close(l);
+}
+
+Test(node, a_node_that_listens_refuses_local_clients) {
+    start_node(60000);
+    rep_client *c = (rep_client *)1;
+    EXPECT_RC(rep_node_connect_local(g_node, 5000, &c), -ENOTSUP);
+    cr_assert_null(c);
+}
+
 typedef struct replies {
     int got, hello;
 } replies;
