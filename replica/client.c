@@ -381,6 +381,92 @@ int rep_client_bucket(rep_client *c, kv_slice bucket, uint32_t flags) {
     return c->reply.status;
 }
 
+/* Check a batch's items (at most max, each well-formed), then hand them
+ * to cb: a bad batch makes no call of cb. */
+static int deliver(kv_slice items, uint32_t max, rep_scan_cb cb, void *arg,
+                   bool *bad) {
+    *bad = true;
+    kv_reader r = kv_reader_make(items);
+    rep_scan_item it;
+    uint32_t count = 0;
+    while (kv_reader_left(&r)) {
+        if (count == max ||
+            rep_scan_item_get(&r, &it.key, &it.newest_us, &it.tombstone))
+            return KV_EPROTO;
+        count++;
+    }
+    *bad = false;
+    r = kv_reader_make(items);
+    while (kv_reader_left(&r)) {
+        rep_scan_item_get(&r, &it.key, &it.newest_us, &it.tombstone);
+        int rc = cb(arg, &it);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int rep_client_scan(rep_client *c, kv_slice prefix, kv_buf *cursor,
+                    uint32_t max_items, rep_scan_cb cb, void *arg, bool *more) {
+    if (more) *more = false;
+    if (!c || !cursor || !cb || !more || max_items > REP_SCAN_MAX_ITEMS ||
+        prefix.len > REP_MAX_KEY || (prefix.len && !prefix.ptr))
+        return -EINVAL;
+    /* Longer than any engine key: no node could use it. */
+    if (cursor->len > REP_SCAN_MAX_CURSOR) return KV_EPROTO;
+    uint32_t max = max_items ? max_items : REP_SCAN_MAX_ITEMS;
+    /* The batch is copied out of the reply before cb runs, so that cb may
+     * call c (whose next reply replaces this one). */
+    kv_buf items = KV_BUF_INIT, next = KV_BUF_INIT;
+    bool m = false, bad;
+    int rc;
+    if (c->local) {
+        rc = kv_buf_set(&next, cursor->ptr, cursor->len);
+        if (rc == 0)
+            rc = rep__local_scan(c->local, prefix, &next, max, &items, &m);
+        if (rc) goto out;
+    } else {
+        rep_msg q = {.type = REP_SCAN,
+                     .u64 = max,
+                     .key = prefix,
+                     .ctx = kv_buf_slice(cursor)};
+        if ((rc = call(c, &q, mono_ms() + c->timeout_ms))) goto out;
+        const rep_msg *a = &c->reply;
+        if (a->type != REP_SCAN_REPLY) {
+            rc = break_with(c, KV_EPROTO);
+            goto out;
+        }
+        if ((rc = a->status)) goto out;
+        m = (a->flags & REP_SCAN_MORE) != 0;
+        /* More to come from an empty cursor would start over, forever. */
+        if (a->ctx.len > REP_SCAN_MAX_CURSOR || (m && a->ctx.len == 0)) {
+            rc = break_with(c, KV_EPROTO);
+            goto out;
+        }
+        rc = kv_buf_set(&next, a->ctx.ptr, a->ctx.len);
+        if (rc == 0) rc = kv_buf_set(&items, a->value.ptr, a->value.len);
+        if (rc) goto out;
+    }
+    rc = deliver(kv_buf_slice(&items), max, cb, arg, &bad);
+    if (rc && bad) {
+        /* From a local node it would be a bug here, not the peer's: no
+         * connection to break. */
+        if (!c->local) break_with(c, KV_EPROTO);
+        goto out;
+    }
+    if (rc) {
+        *more = true; /* cb stopped: this batch is still to be taken */
+        goto out;
+    }
+    kv_buf_release(cursor);
+    *cursor = next;
+    kv_buf_init(&next);
+    *more = m;
+out:
+    kv_buf_release(&items);
+    kv_buf_release(&next);
+    return rc;
+}
+
 int rep_client_call(rep_client *c, rep_msg *m, const rep_msg **reply) {
     *reply = NULL;
     int rc = wire_of(c, &c);

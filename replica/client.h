@@ -85,6 +85,46 @@ int rep_client_remove(rep_client *c, kv_slice member);
  * 0 for siblings); the setting spreads by gossip. -EINVAL for a bad name
  * or flags. */
 int rep_client_bucket(rep_client *c, kv_slice bucket, uint32_t flags);
+/* ---- scans: the keys one node stores ---- */
+
+/* The most items one scan batch holds (docs/protocol.md, "Scan"). */
+#define REP_SCAN_MAX_ITEMS 4096
+
+/* One key a node stores (its own copy: a scan is not a quorum read). */
+typedef struct rep_scan_item {
+    kv_slice key;
+    uint64_t newest_us; /* the newest sibling's timestamp (the writing
+                         * coordinator's clock, microseconds since the epoch) */
+    bool tombstone;     /* every sibling is a tombstone */
+} rep_scan_item;
+typedef int (*rep_scan_cb)(void *arg, const rep_scan_item *it);
+/* The keys the connected node stores that start with prefix (empty: all),
+ * one batch of at most max_items (1..REP_SCAN_MAX_ITEMS; 0 means the
+ * maximum): cb is called for each (a nonzero return stops and is
+ * returned). *cursor (empty to start) is where the batch begins and is
+ * set to where the next one does; *more says whether one remains. Keys
+ * come in the node's storage order (by placement hash), each once per
+ * full pass. Errors: -EINVAL (bad arguments), KV_EPROTO (a cursor the
+ * node cannot use), connection and node errors.
+ *
+ * Details: the batch has arrived whole before cb first runs, so cb may
+ * use c itself (delete a key it lists, say); it->key is valid during that
+ * call of cb only. A batch can hold fewer than max_items items, none
+ * even, while *more is true: a node reads a bounded part of its store per
+ * batch, and a reply stops at about 1 MiB of keys; go on until *more is
+ * false. A key written or deleted during a pass may or may not be listed;
+ * every key stored throughout the pass is listed exactly once. *cursor is
+ * opaque (a node's engine key); on any error, and when cb stops the scan,
+ * *cursor is left unchanged (asking again from it repeats the batch) and
+ * *more is false, except after a stop by cb, where it is true. A node
+ * error (-EINVAL, KV_EPROTO for the cursor, engine errors, KV_ECLOSED from
+ * a stopping node) leaves c usable; a malformed reply breaks c with
+ * KV_EPROTO, as a connection error does with its own code. A local
+ * client (rep_node_connect_local) scans the node's store on the calling
+ * thread, with the same batches. */
+int rep_client_scan(rep_client *c, kv_slice prefix, kv_buf *cursor,
+                    uint32_t max_items, rep_scan_cb cb, void *arg, bool *more);
+
 /* Any request frame m (its id is set here), for tools and tests that speak
  * the protocol directly (replica-get to one node, say): *reply is the
  * answer, valid until the next call on c. Connection errors as above. */

@@ -1,10 +1,10 @@
 /*
- * The node: lifecycle, identity, served connections and the replica side
- * of the protocol (see node.h and node_int.h).
+ * The node: lifecycle, identity, served connections, the replica side
+ * of the protocol (see node.h and node_int.h) and scans of its store.
  *
- * A served connection is freed only when its handles are closed and no
- * answer is still to come on it (refs: coordinated requests, replica
- * jobs on the engine threads, reaps on the pool). Replies are coalesced
+ * A served connection is freed only when its handles are closed and no answer
+ * is still to come on it (refs: coordinated requests, replica jobs on the
+ * engine threads, reaps and scans on the pool). Replies are coalesced
  * (outbuf.c): those of one loop turn go out in one write. Backpressure: a
  * connection stops being read while it has MAX_REFS answers outstanding or
  * max_queued bytes not yet written (queued for the turn's write or in libuv),
@@ -256,6 +256,102 @@ static void serve_replica(conn *c, const rep_msg *m) {
     if (rc) replica_answer(w, rc);
 }
 
+/* ---- scans ----
+ *
+ * A scan reads up to 64 MiB of the store (scan.c): it runs on the pool,
+ * not on the engine threads, where it would hold up the gets and writes
+ * queued behind it. Scans in flight are listed on the node, so that a
+ * stopping node answers them with KV_ECLOSED, as it does the requests it
+ * coordinates; the pool job then only frees its work. */
+
+struct scan_work {
+    scan_work *prev, *next; /* in node->scans until answered */
+    conn *c;
+    uint64_t id;
+    uint32_t max;
+    bool more;
+    bool answered; /* scan_answer ran: the pool job only frees */
+    int rc;
+    kv_buf prefix, cursor, items;
+};
+
+static void scan_answer(scan_work *w, int rc) {
+    rep_node *n = w->c->node;
+    rep_msg m = {.type = REP_SCAN_REPLY, .id = w->id, .status = rc};
+    if (rc == 0) {
+        m.flags = w->more ? REP_SCAN_MORE : 0;
+        m.ctx = kv_buf_slice(&w->cursor);
+        m.value = kv_buf_slice(&w->items);
+    }
+    rep__conn_send(w->c, &m);
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        n->scans = w->next;
+    if (w->next) w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+    w->answered = true;
+}
+
+static void scan_free(scan_work *w) {
+    rep__conn_unref(w->c);
+    kv_buf_release(&w->prefix);
+    kv_buf_release(&w->cursor);
+    kv_buf_release(&w->items);
+    kv_free(w);
+}
+
+static void scan_run(void *arg) {
+    scan_work *w = arg;
+    w->rc = rep__scan(w->c->node, kv_buf_slice(&w->prefix), &w->cursor, w->max,
+                      &w->items, &w->more);
+}
+
+static void scan_done(void *arg, int status) {
+    scan_work *w = arg;
+    if (!w->answered) scan_answer(w, status ? KV_ECLOSED : w->rc);
+    scan_free(w);
+}
+
+/* On shut_down: answer every scan in flight. */
+static void scan_stop_all(rep_node *n) {
+    while (n->scans) scan_answer(n->scans, KV_ECLOSED);
+}
+
+static void serve_scan(conn *c, const rep_msg *m) {
+    rep_node *n = c->node;
+    rep_msg e = {.type = REP_SCAN_REPLY, .id = m->id};
+    if (m->u64 > REP_SCAN_MAX_ITEMS) {
+        e.status = -EINVAL;
+    } else if (!rep__scan_cursor_ok(m->ctx)) {
+        e.status = KV_EPROTO;
+    } else {
+        scan_work *w = kv_calloc(1, sizeof *w);
+        if (!w) {
+            e.status = -ENOMEM;
+        } else {
+            w->c = c;
+            w->id = m->id;
+            w->max = m->u64 ? (uint32_t)m->u64 : REP_SCAN_MAX_ITEMS;
+            kv_buf_init(&w->prefix);
+            kv_buf_init(&w->cursor);
+            kv_buf_init(&w->items);
+            rep__conn_ref(c);
+            w->next = n->scans;
+            if (n->scans) n->scans->prev = w;
+            n->scans = w;
+            int rc = kv_buf_set(&w->prefix, m->key.ptr, m->key.len);
+            if (rc == 0) rc = kv_buf_set(&w->cursor, m->ctx.ptr, m->ctx.len);
+            if (rc == 0) rc = rep__work(n, scan_run, scan_done, w);
+            if (rc == 0) return;
+            scan_answer(w, rc);
+            scan_free(w);
+            return;
+        }
+    }
+    rep__conn_send(c, &e);
+}
+
 /* ---- reading frames ---- */
 
 static int on_hello(conn *c, const rep_msg *m) {
@@ -316,6 +412,9 @@ static int on_frame(void *arg, const rep_msg *m) {
         return 0;
     case REP_BUCKET:
         rep__member_bucket_in(c, m);
+        return 0;
+    case REP_SCAN:
+        serve_scan(c, m);
         return 0;
     default:
         send_error(c, m->id, KV_EPROTO, "unexpected frame type");
@@ -488,6 +587,13 @@ int rep__local_get(rep_node *n, kv_slice key, const rep_opts *o, kv_buf *obj) {
     if (rc == 0) rc = kv_buf_set(obj, raw.ptr, raw.len);
     kv_buf_release(&raw);
     return rc;
+}
+
+int rep__local_scan(rep_node *n, kv_slice prefix, kv_buf *cursor,
+                    uint32_t max_items, kv_buf *items, bool *more) {
+    *more = false;
+    if (atomic_load(&n->stop_asked)) return KV_ECLOSED;
+    return rep__scan(n, prefix, cursor, max_items, items, more);
 }
 
 int rep__local_put(rep_node *n, kv_slice key, kv_slice ctx, kv_slice value,
@@ -756,6 +862,7 @@ static void shut_down(rep_node *n) {
     kv_info(MOD, "node '%s' stopping", n->name);
     if (n->listening) close_if_open((uv_handle_t *)&n->server);
     rep__coord_stop_all(n);
+    scan_stop_all(n);
     rep__member_stop(n);
     rep__peer_close_all(n);
     /* Connections close once their last reply is written (bounded by

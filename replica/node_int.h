@@ -9,6 +9,9 @@
  *             and the failure detector fed by what comes back
  *   member.c  the cluster state: gossip, the claimant's steps, persisting
  *             the state, moving data when ownership moves
+ *   scan.c    one batch of a listing of the node's own keys (run on the
+ *             pool for a scan message, on the caller's thread for a
+ *             local client)
  *
  * Everything here runs on the loop's thread unless it says otherwise.
  */
@@ -85,12 +88,17 @@ size_t rep__outbuf_queued(const rep_outbuf *o);
 void rep__outbuf_loop_init(rep_node *n);
 typedef struct rep_exec rep_exec;
 typedef struct rep_job rep_job;
+typedef struct scan_work scan_work;
 
 /* The local client's calls (rep_node_connect_local), on the caller's
  * thread. */
 int rep__local_get(rep_node *n, kv_slice key, const rep_opts *o, kv_buf *obj);
 int rep__local_put(rep_node *n, kv_slice key, kv_slice ctx, kv_slice value,
                    const rep_opts *o, kv_buf *newctx);
+/* The local client's scan: rep__scan on the caller's thread, KV_ECLOSED
+ * once the node is asked to stop. */
+int rep__local_scan(rep_node *n, kv_slice prefix, kv_buf *cursor,
+                    uint32_t max_items, kv_buf *items, bool *more);
 /* client.c: a client in local mode for n. */
 int rep__client_local(rep_node *n, uint32_t timeout_ms, rep_client **out);
 
@@ -131,6 +139,7 @@ struct rep_node {
     pthread_mutex_t local_mu;
     int *local_fds;
     int nlocal;
+    scan_work *scans; /* node.c: scans on the pool, not yet answered */
     /* coord.c: tombstones to purge, by due time */
     reap *reaps, *reaps_tail;
     uint32_t nreaps;
@@ -200,6 +209,20 @@ int rep__exec(rep_node *n, rep_job *j);
 void rep__exec_stop(rep_node *n);
 /* After the loop ended: stop the threads. */
 void rep__exec_free(rep_node *n);
+
+/* scan.c: one batch of a scan of n's store (docs/protocol.md, "Scan"):
+ * the items (rep_scan_item_put) of the keys that start with prefix,
+ * appended to items, from the engine key in cursor (empty: the start),
+ * at most max_items (1..REP_SCAN_MAX_ITEMS); cursor is set to where the
+ * next batch starts and *more says whether one remains. -EINVAL for bad
+ * bounds, KV_EPROTO for a cursor that is not an engine key of an object
+ * (rep__scan_cursor_ok), engine errors, -ENOMEM. Blocks on the engine:
+ * any thread but the loop's. */
+int rep__scan(rep_node *n, kv_slice prefix, kv_buf *cursor, uint32_t max_items,
+              kv_buf *items, bool *more);
+/* Whether c is empty or an object's engine key: "o", the placement hash
+ * (big-endian) of the rest, and a key of 1..REP_MAX_KEY bytes. */
+bool rep__scan_cursor_ok(kv_slice c);
 
 /* coord.c */
 void rep__coord_start(conn *c, const rep_msg *m);

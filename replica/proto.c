@@ -60,6 +60,9 @@ static const msg_kind kinds[] = {
     [REP_LEAVE_REPLY] = {"leave-reply", F_STATUS, 0},
     [REP_BUCKET] = {"bucket", F_FLAGS | F_TEXT, 1},
     [REP_BUCKET_REPLY] = {"bucket-reply", F_STATUS, 0},
+    [REP_SCAN] = {"scan", F_U64 | F_KEY | F_CTX, 0},
+    [REP_SCAN_REPLY] = {"scan-reply", F_STATUS | F_FLAGS | F_CTX | F_VALUE,
+                        REP_SCAN_MORE},
 };
 #define NKINDS (sizeof kinds / sizeof kinds[0])
 
@@ -171,6 +174,45 @@ int rep_msg_decode(uint16_t type, uint64_t id, kv_slice payload, rep_msg *m) {
         if ((f & (F_KEY << i)) && kv_get_lenslice(&r, max[i], s[i]))
             return KV_EPROTO;
     return kv_reader_left(&r) ? KV_EPROTO : 0;
+}
+
+/* ---- the items of a scan-reply ---- */
+
+/* Item flags on the wire. */
+#define ITEM_TOMBSTONE 1u
+
+int rep_scan_item_put(kv_buf *items, kv_slice key, uint64_t newest_us,
+                      bool tombstone) {
+    if (key.len == 0 || key.len > REP_MAX_KEY) return -EINVAL;
+    int rc = kv_buf_reserve(items, kv_varint_len(key.len) + key.len + 9);
+    if (rc) return rc;
+    uint8_t *p = items->ptr + items->len;
+    p += kv_varint_encode(p, key.len);
+    memcpy(p, key.ptr, key.len);
+    p += key.len;
+    kv_put_u64(p, newest_us);
+    p[8] = tombstone ? ITEM_TOMBSTONE : 0;
+    items->len = (size_t)(p + 9 - items->ptr);
+    return 0;
+}
+
+int rep_scan_item_get(kv_reader *r, kv_slice *key, uint64_t *newest_us,
+                      bool *tombstone) {
+    kv_reader save = *r;
+    kv_slice k, f;
+    uint64_t t;
+    /* kv_get_lenslice checks the length against the bytes left before it
+     * takes them. */
+    if (kv_get_lenslice(r, REP_MAX_KEY, &k) || k.len == 0 ||
+        kv_get_fixed64(r, &t) || kv_get_bytes(r, 1, &f) ||
+        (f.ptr[0] & ~ITEM_TOMBSTONE)) {
+        *r = save;
+        return KV_EPROTO;
+    }
+    *key = k;
+    *newest_us = t;
+    *tombstone = f.ptr[0] & ITEM_TOMBSTONE;
+    return 0;
 }
 
 /* ---- stream parser ---- */

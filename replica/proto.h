@@ -13,7 +13,8 @@
 
 #include "base/base.h"
 
-#define REP_PROTO_VERSION 2u /* 2: put-reply carries the new context */
+/* 2: put-reply carries the new context; 3: scan and scan-reply */
+#define REP_PROTO_VERSION 3u
 #define REP_FRAME_HEADER 24u
 #define REP_MAX_KEY 4096u                   /* bytes in a key */
 #define REP_MAX_VALUE (64u * 1024u * 1024u) /* bytes in a value or object */
@@ -42,6 +43,10 @@ typedef enum rep_msg_type {
     REP_LEAVE_REPLY = 33,  /* status */
     REP_BUCKET = 34,       /* text = bucket, flags = its new settings */
     REP_BUCKET_REPLY = 35, /* status */
+    REP_SCAN = 40,         /* client -> node: u64 = max items, key = prefix,
+                            * ctx = cursor: the keys the node stores */
+    REP_SCAN_REPLY = 41,   /* status, flags = REP_SCAN_MORE, ctx = the next
+                            * cursor, value = items (rep_scan_item_put) */
 } rep_msg_type;
 
 /* flags of REP_HELLO: who is talking */
@@ -62,6 +67,30 @@ enum {
     REP_PUT_NOSYNC = 16,
 };
 
+/* flags of REP_SCAN_REPLY */
+enum {
+    REP_SCAN_MORE = 1, /* a batch remains after this one */
+};
+/* A scan-reply stops adding items once its keys reach this many bytes
+ * (so a reply holds at most this plus one key of them). */
+#define REP_SCAN_REPLY_KEY_BYTES (1u << 20)
+/* The longest cursor: a node's engine key, "o", 8 bytes of placement hash
+ * and a key (docs/protocol.md, "Scan"). */
+#define REP_SCAN_MAX_CURSOR (9u + REP_MAX_KEY)
+
+/* Append one item of a scan-reply's value: varint key length (1 ..
+ * REP_MAX_KEY), the key, u64 newest timestamp, u8 flags (1: every sibling
+ * is a tombstone). -EINVAL for a key of another length, -ENOMEM; nothing
+ * is appended on error. */
+int rep_scan_item_put(kv_buf *items, kv_slice key, uint64_t newest_us,
+                      bool tombstone);
+/* Read the next item from r (r over a scan-reply's value; call while
+ * kv_reader_left(r) > 0). key borrows r's bytes. KV_EPROTO, r unchanged,
+ * for a length past the end or out of bounds, a short timestamp or flags,
+ * or an unknown flag bit. */
+int rep_scan_item_get(kv_reader *r, kv_slice *key, uint64_t *newest_us,
+                      bool *tombstone);
+
 /* A decoded message. Slices borrow the frame's payload: from
  * rep_msg_decode, as long as that payload; from a rep_parser, only during
  * the callback that receives the message. Fields a type does not carry
@@ -73,7 +102,8 @@ typedef struct rep_msg {
     uint8_t n, r, w; /* requests: replicas, read and write quorums */
     uint32_t flags;  /* per type, see above */
     uint32_t timeout_ms;
-    uint64_t u64; /* HELLO: protocol version; PING/PONG: clock */
+    uint64_t u64; /* HELLO: protocol version; PING/PONG: clock; SCAN: the
+                   * most items the reply may hold (0: REP_SCAN_MAX_ITEMS) */
     kv_slice key, ctx, value, text;
 } rep_msg;
 

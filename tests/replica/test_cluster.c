@@ -8,8 +8,9 @@
  * join and leave move data so that every acknowledged key is readable
  * afterwards, stored on exactly its owners; with one clock 5 s ahead, a
  * later write is silently lost under last-writer-wins and kept as a
- * sibling under vector clocks. Every process a test starts
- * is stopped by the fixture, also when an assertion fails.
+ * sibling under vector clocks; a scan of each node lists every key it
+ * holds. Every process a test starts is stopped by the fixture, also when
+ * an assertion fails.
  */
 #include "engine/engine.h"
 #include "replica/client.h"
@@ -688,4 +689,72 @@ Test(cluster, a_dead_member_is_removed_and_its_keys_re_replicated) {
     for (int i = 0; i < 3; i++) stop(&g_nodes[i], SIGTERM);
     check_placement(ring_cluster_ring(s), three, 3, KEYS);
     ring_cluster_unref(s);
+}
+
+typedef struct scanned {
+    int n;
+    uint64_t newest[2000];
+    int times[2000]; /* how often each key-NNNNN was listed */
+} scanned;
+
+static int note_scanned(void *arg, const rep_scan_item *it) {
+    scanned *s = arg;
+    char buf[40];
+    int k = -1;
+    cr_assert_lt(it->key.len, sizeof buf);
+    memcpy(buf, it->key.ptr, it->key.len);
+    buf[it->key.len] = '\0';
+    cr_assert(sscanf(buf, "key-%d", &k) == 1 && k >= 0 && k < 2000,
+              "'%s' listed under 'key-'", buf);
+    cr_assert_not(it->tombstone, "'%s' listed as deleted", buf);
+    s->times[k]++;
+    s->newest[k] = it->newest_us;
+    s->n++;
+    return 0;
+}
+
+/* A scan lists what the node it asks stores: with N = 3 on three nodes,
+ * every key written through one node is listed by each, once, with the
+ * same newest write time (one object, replicated), and nothing outside
+ * the prefix. */
+Test(cluster, every_node_lists_the_keys_it_holds) {
+    enum { KEYS = 200 };
+    start_cluster(3);
+    rep_client *c[3];
+    for (int i = 0; i < 3; i++) c[i] = connect_to(i);
+    uint64_t t0 = kv_wall_us();
+    /* W = 3: every copy is written once the put returns. */
+    for (int k = 0; k < KEYS; k++) OK(put_through(c[0], k, 1, 3));
+    uint64_t t1 = kv_wall_us();
+    for (int k = 0; k < 20; k++) {
+        char key[32];
+        snprintf(key, sizeof key, "other-%d", k);
+        OK(rep_client_put(c[0], kv_slice_str(key), kv_slice_str(""),
+                          kv_slice_str("v"), &(rep_opts){.w = 3}));
+    }
+    scanned *s[3];
+    for (int i = 0; i < 3; i++) {
+        s[i] = calloc(1, sizeof *s[i]);
+        cr_assert_not_null(s[i]);
+        kv_buf cur = KV_BUF_INIT;
+        bool more = true;
+        int batches = 0;
+        while (more) {
+            OK(rep_client_scan(c[i], kv_slice_str("key-"), &cur, 64,
+                               note_scanned, s[i], &more));
+            cr_assert_lt(++batches, 1000);
+        }
+        kv_buf_release(&cur);
+        cr_assert_eq(s[i]->n, KEYS, "node %d listed %d keys", i, s[i]->n);
+        for (int k = 0; k < KEYS; k++) {
+            cr_assert_eq(s[i]->times[k], 1, "node %d listed key-%05d %d times",
+                         i, k, s[i]->times[k]);
+            cr_assert(s[i]->newest[k] >= t0 && s[i]->newest[k] <= t1);
+            cr_assert_eq(s[i]->newest[k], s[0]->newest[k]);
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        free(s[i]);
+        rep_client_close(c[i]);
+    }
 }

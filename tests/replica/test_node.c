@@ -5,7 +5,8 @@
  * idle peers) that closes only the offending connection while the node
  * keeps serving everyone else; pipelined requests answered in few writes
  * (the node's counters in node_int.h), and a client gone with answers
- * still unwritten.
+ * still unwritten. Scans of the node's keys, over a connection and through
+ * a local client, their bounds, and malformed scan replies.
  */
 #include "replica/client.h"
 #include "replica/dvv.h"
@@ -896,4 +897,614 @@ Test(node, a_client_gone_with_answers_pending_costs_others_nothing) {
     kv_free(big);
     close(other);
     rep_client_close(good);
+}
+
+/* ---- scans: the keys one node stores ---- */
+
+#define LIST_MAX 1024
+
+/* What a scan listed, in order. */
+typedef struct listing {
+    int n;
+    char key[LIST_MAX][40];
+    uint64_t newest[LIST_MAX];
+    bool tomb[LIST_MAX];
+    int stop_at, stop_rc; /* cb returns stop_rc at item stop_at (0: never) */
+} listing;
+
+static int note_item(void *arg, const rep_scan_item *it) {
+    listing *l = arg;
+    if (l->stop_at && l->n + 1 == l->stop_at) {
+        l->n++;
+        return l->stop_rc;
+    }
+    cr_assert_lt(l->n, LIST_MAX);
+    cr_assert(it->key.len > 0 && it->key.len < sizeof l->key[0]);
+    memcpy(l->key[l->n], it->key.ptr, it->key.len);
+    l->key[l->n][it->key.len] = '\0';
+    l->newest[l->n] = it->newest_us;
+    l->tomb[l->n] = it->tombstone;
+    l->n++;
+    return 0;
+}
+
+static listing *listing_new(void) {
+    listing *l = calloc(1, sizeof *l);
+    cr_assert_not_null(l);
+    return l;
+}
+
+/* Scan every batch of prefix, max items a batch, into l: the batches. */
+static int scan_all(rep_client *c, const char *prefix, uint32_t max,
+                    listing *l) {
+    kv_buf cur = KV_BUF_INIT;
+    bool more = true;
+    int batches = 0;
+    uint32_t lim = max ? max : REP_SCAN_MAX_ITEMS;
+    while (more) {
+        int before = l->n;
+        OK(rep_client_scan(c, S(prefix), &cur, max, note_item, l, &more));
+        cr_assert_leq(l->n - before, (int)lim, "a batch of %d items, max %u",
+                      l->n - before, lim);
+        cr_assert_lt(++batches, 10000, "the scan never ends");
+        if (more) cr_assert_gt(cur.len, 0, "more to come from no cursor");
+    }
+    kv_buf_release(&cur);
+    return batches;
+}
+
+/* l holds the keys in the node's storage order: by placement hash. */
+static void expect_storage_order(const listing *l) {
+    for (int i = 1; i < l->n; i++) {
+        uint64_t a = ring_hash(S(l->key[i - 1])), b = ring_hash(S(l->key[i]));
+        cr_assert(a < b || (a == b && strcmp(l->key[i - 1], l->key[i]) < 0),
+                  "'%s' listed before '%s'", l->key[i - 1], l->key[i]);
+    }
+}
+
+/* l holds exactly the count keys "<p>NNN", each once; only "<p>007" (when
+ * deleted) a tombstone; every newest_us within [t0, t1]. */
+static void expect_prefix(const listing *l, char p, int count, bool deleted,
+                          uint64_t t0, uint64_t t1) {
+    cr_assert_eq(l->n, count, "%d keys listed under '%c/', want %d", l->n, p,
+                 count);
+    bool seen_key[LIST_MAX] = {false};
+    for (int i = 0; i < l->n; i++) {
+        char q;
+        int k = -1, used = 0;
+        cr_assert(sscanf(l->key[i], "%c/%3d%n", &q, &k, &used) == 2 && q == p &&
+                      used == 5 && l->key[i][5] == '\0' && k >= 0 && k < count,
+                  "'%s' listed under '%c/'", l->key[i], p);
+        cr_assert_not(seen_key[k], "'%s' listed twice", l->key[i]);
+        seen_key[k] = true;
+        cr_assert_eq(l->tomb[i], deleted && k == 7, "'%s': tombstone %d",
+                     l->key[i], l->tomb[i]);
+        cr_assert(l->newest[i] >= t0 && l->newest[i] <= t1,
+                  "'%s': newest %llu not in [%llu, %llu]", l->key[i],
+                  (unsigned long long)l->newest[i], (unsigned long long)t0,
+                  (unsigned long long)t1);
+    }
+}
+
+/* 300 keys under "a/" (a/007 then deleted), 50 under "b/", 10 under "c/",
+ * through c. */
+static void fill_prefixes(rep_client *c) {
+    const struct {
+        char p;
+        int n;
+    } set[] = {{'a', 300}, {'b', 50}, {'c', 10}};
+    for (int s = 0; s < 3; s++)
+        for (int k = 0; k < set[s].n; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "%c/%03d", set[s].p, k);
+            OK(rep_client_put(c, S(key), S(""), S("v"), NULL));
+        }
+    dvv_set *d = get(c, "a/007");
+    kv_buf ctx = KV_BUF_INIT;
+    ctx_of(d, &ctx);
+    dvv_set_free(d);
+    OK(rep_client_del(c, S("a/007"), kv_buf_slice(&ctx), NULL));
+    kv_buf_release(&ctx);
+}
+
+/* An engine key as docs/protocol.md gives a cursor: "o", the key's
+ * placement hash big-endian, the key. */
+static void cursor_of(const char *key, kv_buf *out) {
+    uint8_t h[9] = {'o'};
+    uint64_t v = ring_hash(S(key));
+    for (int i = 0; i < 8; i++) h[1 + i] = (uint8_t)(v >> (56 - 8 * i));
+    OK(kv_buf_set(out, h, sizeof h));
+    OK(kv_buf_append(out, key, strlen(key)));
+}
+
+/* Every check of a scan through c of the keys fill_prefixes wrote between
+ * wall clock t0 and t1; the whole listing (empty prefix) into all. */
+static void scan_checks(rep_client *c, uint64_t t0, uint64_t t1, listing *all) {
+    /* One prefix, seven a batch: every key once, nothing else. */
+    listing *l = listing_new();
+    int batches = scan_all(c, "a/", 7, l);
+    cr_assert_geq(batches, 300 / 7, "%d batches of at most 7", batches);
+    expect_prefix(l, 'a', 300, true, t0, t1);
+    expect_storage_order(l);
+    memset(l, 0, sizeof *l);
+    scan_all(c, "c/", 3, l);
+    expect_prefix(l, 'c', 10, false, t0, t1);
+    memset(l, 0, sizeof *l);
+    scan_all(c, "b/", 0, l);
+    expect_prefix(l, 'b', 50, false, t0, t1);
+
+    /* An empty prefix: all 360. */
+    scan_all(c, "", 0, all);
+    cr_assert_eq(all->n, 360);
+    expect_storage_order(all);
+    int per[3] = {0};
+    for (int i = 0; i < all->n; i++) per[all->key[i][0] - 'a']++;
+    cr_assert(per[0] == 300 && per[1] == 50 && per[2] == 10);
+
+    /* A cursor made as the format says resumes right after its key. */
+    kv_buf cur = KV_BUF_INIT;
+    bool more;
+    cursor_of(all->key[99], &cur);
+    memset(l, 0, sizeof *l);
+    OK(rep_client_scan(c, S(""), &cur, 0, note_item, l, &more));
+    cr_assert_not(more);
+    cr_assert_eq(l->n, 260);
+    cr_assert_str_eq(l->key[0], all->key[100]);
+
+    /* A second put raises the key's newest timestamp. */
+    memset(l, 0, sizeof *l);
+    kv_buf_reset(&cur);
+    OK(rep_client_scan(c, S("b/010"), &cur, 0, note_item, l, &more));
+    cr_assert_eq(l->n, 1);
+    uint64_t first = l->newest[0];
+    usleep(2000);
+    dvv_set *d = get(c, "b/010");
+    kv_buf ctx = KV_BUF_INIT;
+    ctx_of(d, &ctx);
+    dvv_set_free(d);
+    OK(rep_client_put(c, S("b/010"), kv_buf_slice(&ctx), S("v2"), NULL));
+    uint64_t t2 = kv_wall_us();
+    kv_buf_release(&ctx);
+    memset(l, 0, sizeof *l);
+    kv_buf_reset(&cur);
+    OK(rep_client_scan(c, S("b/010"), &cur, 0, note_item, l, &more));
+    cr_assert_eq(l->n, 1);
+    cr_assert_gt(l->newest[0], first);
+    cr_assert_leq(l->newest[0], t2);
+    cr_assert_not(l->tomb[0]);
+
+    /* Cursors the node cannot use, and bad arguments: refused, and the
+     * client stays usable. */
+    const char *garbage[] = {"garbage", "o",
+                             "o\x01\x02\x03\x04\x05\x06\x07"
+                             "\x08"
+                             "a/001"};
+    for (int i = 0; i < 3; i++) {
+        OK(kv_buf_set(&cur, garbage[i], strlen(garbage[i])));
+        more = true;
+        memset(l, 0, sizeof *l);
+        EXPECT_RC(rep_client_scan(c, S("a/"), &cur, 7, note_item, l, &more),
+                  KV_EPROTO);
+        cr_assert_eq(l->n, 0);
+        cr_assert_not(more);
+        cr_assert_eq(cur.len, strlen(garbage[i]), "the cursor was changed");
+        cr_assert_not(rep_client_broken(c));
+    }
+    kv_buf_reset(&cur);
+    OK(kv_buf_reserve(&cur, REP_SCAN_MAX_CURSOR + 1));
+    memset(cur.ptr, 'o', REP_SCAN_MAX_CURSOR + 1);
+    cur.len = REP_SCAN_MAX_CURSOR + 1;
+    EXPECT_RC(rep_client_scan(c, S(""), &cur, 0, note_item, l, &more),
+              KV_EPROTO);
+    kv_buf_reset(&cur);
+    EXPECT_RC(rep_client_scan(c, S(""), &cur, REP_SCAN_MAX_ITEMS + 1, note_item,
+                              l, &more),
+              -EINVAL);
+    EXPECT_RC(rep_client_scan(c, S(""), &cur, 1, NULL, l, &more), -EINVAL);
+    cr_assert_eq(l->n, 0);
+    cr_assert_not(rep_client_broken(c));
+    scan_all(c, "c/", 4, l);
+    expect_prefix(l, 'c', 10, false, t0, t1);
+
+    /* A callback's nonzero return stops the scan and is returned; the
+     * cursor stays where the batch began. */
+    memset(l, 0, sizeof *l);
+    l->stop_at = 3;
+    l->stop_rc = 42;
+    kv_buf_reset(&cur);
+    EXPECT_RC(rep_client_scan(c, S("a/"), &cur, 7, note_item, l, &more), 42);
+    cr_assert_eq(l->n, 3, "the callback ran %d times", l->n);
+    cr_assert(more);
+    cr_assert_eq(cur.len, 0);
+    cr_assert_not(rep_client_broken(c));
+
+    /* Siblings: newest_us is the newest of them (the same actor's come
+     * newest first), tombstone only when every one is. */
+    memset(l, 0, sizeof *l);
+    OK(rep_client_scan(c, S("b/020"), &cur, 0, note_item, l, &more));
+    cr_assert_eq(l->n, 1);
+    first = l->newest[0];
+    usleep(2000);
+    OK(rep_client_put(c, S("b/020"), S(""), S("sibling"), NULL));
+    dvv_set *two = get(c, "b/020");
+    cr_assert_eq(dvv_set_siblings(two), 2);
+    dvv_set_free(two);
+    memset(l, 0, sizeof *l);
+    kv_buf_reset(&cur);
+    OK(rep_client_scan(c, S("b/020"), &cur, 0, note_item, l, &more));
+    cr_assert_eq(l->n, 1);
+    cr_assert_gt(l->newest[0], first, "not the newest sibling's time");
+    d = get(c, "c/005");
+    ctx_of(d, &ctx);
+    dvv_set_free(d);
+    OK(rep_client_put(c, S("c/005"), S(""), S("sibling"), NULL));
+    OK(rep_client_del(c, S("c/005"), kv_buf_slice(&ctx), NULL));
+    kv_buf_release(&ctx);
+    d = get(c, "c/005");
+    cr_assert_eq(dvv_set_siblings(d), 2, "a value and a tombstone");
+    dvv_set_free(d);
+    memset(l, 0, sizeof *l);
+    kv_buf_reset(&cur);
+    OK(rep_client_scan(c, S("c/005"), &cur, 0, note_item, l, &more));
+    cr_assert_eq(l->n, 1);
+    cr_assert_not(l->tomb[0], "one sibling is not a tombstone");
+    kv_buf_release(&cur);
+    free(l);
+}
+
+static void open_scan_node(bool listen) {
+    rep_node_opts o;
+    rep_node_opts_init(&o);
+    o.data_dir = g_dir;
+    o.listen = listen ? "127.0.0.1:0" : NULL;
+    o.name = "solo";
+    o.tombstone_grace_ms = 600000; /* the deleted key keeps its tombstone */
+    o.engine.memtable_bytes = 64 << 10; /* keys spread over tables */
+    OK(rep_node_open(&o, &g_node));
+    OK(rep_node_start(g_node));
+}
+
+/* A scan over TCP lists each key of its prefix once across batches of at
+ * most max_items, with its newest write time and whether it is deleted;
+ * an empty prefix lists all; a cursor the node cannot use is refused with
+ * KV_EPROTO and the client goes on; a callback can stop the scan. */
+Test(node, scan_lists_every_key_of_a_prefix_once) {
+    open_scan_node(true);
+    rep_client *c = client();
+    uint64_t t0 = kv_wall_us();
+    fill_prefixes(c);
+    uint64_t t1 = kv_wall_us();
+    listing *all = listing_new();
+    scan_checks(c, t0, t1, all);
+    free(all);
+    rep_client_close(c);
+}
+
+/* The local client (the embedded mount's) scans the store on the calling
+ * thread: the same checks, and the same keys in the same order as a scan
+ * over a connection to the same node; once the node stops, KV_ECLOSED. */
+Test(node, local_clients_scan_as_the_node_does) {
+    open_scan_node(false);
+    rep_client *l, *w;
+    OK(rep_node_connect_local(g_node, 5000, &l));
+    OK(rep_node_connect(g_node, 5000, &w));
+    uint64_t t0 = kv_wall_us();
+    fill_prefixes(l);
+    uint64_t t1 = kv_wall_us();
+    listing *all = listing_new(), *wire = listing_new();
+    scan_checks(l, t0, t1, all);
+    /* On the caller's thread: not a frame through the node's loop. */
+    uint64_t frames = counter(&g_node->frames_out);
+    scan_all(l, "", 5, wire);
+    cr_assert_eq(counter(&g_node->frames_out), frames);
+    cr_assert_eq(wire->n, all->n);
+    memset(wire, 0, sizeof *wire);
+    scan_all(w, "", 5, wire);
+    cr_assert_eq(wire->n, all->n);
+    for (int i = 0; i < all->n; i++) {
+        cr_assert_str_eq(wire->key[i], all->key[i]);
+        cr_assert_eq(wire->tomb[i], all->tomb[i]);
+    }
+    rep_node_stop(g_node);
+    kv_buf cur = KV_BUF_INIT;
+    bool more;
+    EXPECT_RC(rep_client_scan(l, S(""), &cur, 0, note_item, all, &more),
+              KV_ECLOSED);
+    cr_assert(rep_client_scan(w, S(""), &cur, 0, note_item, all, &more) != 0,
+              "a stopped node answered a scan");
+    free(all);
+    free(wire);
+    rep_client_close(w);
+    rep_client_close(l);
+}
+
+static int count_items(void *arg, const rep_scan_item *it) {
+    cr_assert_eq(it->key.len, 4000);
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* A reply stops adding items once its keys pass 1 MiB: 300 keys of 4000
+ * bytes come as 263 and 37, over a connection and locally alike. */
+Test(node, a_scan_batch_stops_at_a_mebibyte_of_keys) {
+    open_scan_node(false);
+    rep_client *l, *w;
+    OK(rep_node_connect_local(g_node, 5000, &l));
+    OK(rep_node_connect(g_node, 5000, &w));
+    char key[4001];
+    for (int k = 0; k < 300; k++) {
+        memset(key, 'k', 4000);
+        snprintf(key, 16, "big/%05d", k);
+        key[strlen(key)] = 'k';
+        OK(rep_client_put(l, kv_slice_make(key, 4000), S(""), S("v"), NULL));
+    }
+    for (int i = 0; i < 2; i++) {
+        rep_client *c = i ? w : l;
+        kv_buf cur = KV_BUF_INIT;
+        bool more;
+        int n = 0;
+        OK(rep_client_scan(c, S("big/"), &cur, 0, count_items, &n, &more));
+        cr_assert_eq(n, 263, "%d items in the first batch", n);
+        cr_assert(more);
+        OK(rep_client_scan(c, S("big/"), &cur, 0, count_items, &n, &more));
+        cr_assert_eq(n, 300);
+        cr_assert_not(more);
+        kv_buf_release(&cur);
+    }
+    rep_client_close(w);
+    rep_client_close(l);
+}
+
+/* ---- a fake node answering a scan with a reply of our making ---- */
+
+typedef struct fake_scan {
+    int fd;
+    rep_msg reply; /* sent to answer the scan (its id set then) */
+    /* what the scan carried */
+    bool got;
+    uint64_t max;
+    kv_buf prefix, cursor;
+} fake_scan;
+
+typedef struct one_frame {
+    bool got;
+    rep_msg m; /* slices not kept */
+    kv_buf key, ctx;
+} one_frame;
+
+static int take_one(void *arg, const rep_msg *m) {
+    one_frame *f = arg;
+    if (f->got) return 0;
+    f->got = true;
+    f->m = *m;
+    if (kv_buf_set(&f->key, m->key.ptr, m->key.len) ||
+        kv_buf_set(&f->ctx, m->ctx.ptr, m->ctx.len))
+        return -ENOMEM;
+    return 0;
+}
+
+/* Read one frame from blocking fd (byte by byte: nothing after it). */
+static bool read_one(int fd, one_frame *f) {
+    rep_parser p;
+    rep_parser_init(&p, REP_MAX_PAYLOAD);
+    f->got = false;
+    uint8_t b;
+    while (!f->got && read(fd, &b, 1) == 1)
+        if (rep_parser_feed(&p, &b, 1, take_one, f)) break;
+    rep_parser_release(&p);
+    return f->got;
+}
+
+static bool write_msg(int fd, const rep_msg *m) {
+    kv_buf b = KV_BUF_INIT;
+    bool ok =
+        rep_msg_encode(m, &b) == 0 && write(fd, b.ptr, b.len) == (ssize_t)b.len;
+    kv_buf_release(&b);
+    return ok;
+}
+
+/* No assertions here (not the test's thread): what came is recorded. */
+static void *fake_scan_node(void *arg) {
+    fake_scan *s = arg;
+    one_frame f = {0};
+    rep_msg h = {.type = REP_HELLO, .u64 = REP_PROTO_VERSION};
+    h.flags = REP_ROLE_NODE;
+    h.text = S("fake");
+    if (read_one(s->fd, &f) && f.m.type == REP_HELLO) {
+        h.id = f.m.id;
+        if (write_msg(s->fd, &h) && read_one(s->fd, &f) &&
+            f.m.type == REP_SCAN) {
+            s->got = true;
+            s->max = f.m.u64;
+            kv_buf_set(&s->prefix, f.key.ptr, f.key.len);
+            kv_buf_set(&s->cursor, f.ctx.ptr, f.ctx.len);
+            s->reply.id = f.m.id;
+            write_msg(s->fd, &s->reply);
+        }
+    }
+    kv_buf_release(&f.key);
+    kv_buf_release(&f.ctx);
+    close(s->fd);
+    return NULL;
+}
+
+/* One item as docs/protocol.md encodes it. */
+static void item(kv_buf *b, const char *key, uint64_t t, uint8_t flags) {
+    OK(kv_buf_put_lenslice(b, S(key)));
+    OK(kv_buf_put_u64(b, t));
+    OK(kv_buf_append(b, &flags, 1));
+}
+
+/* Scan (prefix "p/", cursor "cur", max) from a fake node answering reply:
+ * the client's code, its items into l, *more. */
+static int scan_fake(const rep_msg *reply, uint32_t max, listing *l, bool *more,
+                     bool *broken, fake_scan *s) {
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    *s = (fake_scan){.fd = sv[0], .reply = *reply};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, fake_scan_node, s), 0);
+    rep_client *c;
+    OK(rep_client_open_fd(sv[1], 5000, &c));
+    kv_buf cur = KV_BUF_INIT;
+    OK(kv_buf_set(&cur, "cur", 3));
+    int rc = rep_client_scan(c, S("p/"), &cur, max, note_item, l, more);
+    *broken = rep_client_broken(c);
+    if (rc) cr_assert_eq(cur.len, 3, "the cursor changed on an error");
+    rep_client_close(c);
+    pthread_join(t, NULL);
+    kv_buf_release(&cur);
+    return rc;
+}
+
+/* The client checks a scan-reply before it uses any of it: a well-formed
+ * one comes through as sent (and the request carried prefix, cursor and
+ * max as the format says); every malformed one breaks the client with
+ * KV_EPROTO, without a call of the callback, nor a read past the reply. */
+Test(node, malformed_scan_replies_break_the_client_cleanly) {
+    listing *l = listing_new();
+    fake_scan s;
+    bool more, broken;
+    kv_buf v = KV_BUF_INIT, big = KV_BUF_INIT;
+    item(&v, "p/1", 12345, 1);
+    item(&v, "p/2", 7, 0);
+    rep_msg ok = {.type = REP_SCAN_REPLY,
+                  .flags = REP_SCAN_MORE,
+                  .ctx = S("next"),
+                  .value = kv_buf_slice(&v)};
+    OK(scan_fake(&ok, 2, l, &more, &broken, &s));
+    cr_assert(s.got && s.max == 2);
+    cr_assert(kv_slice_eq(kv_buf_slice(&s.prefix), S("p/")));
+    cr_assert(kv_slice_eq(kv_buf_slice(&s.cursor), S("cur")));
+    cr_assert(more && !broken);
+    cr_assert_eq(l->n, 2);
+    cr_assert_str_eq(l->key[0], "p/1");
+    cr_assert(l->newest[0] == 12345 && l->tomb[0]);
+    cr_assert_str_eq(l->key[1], "p/2");
+    cr_assert(l->newest[1] == 7 && !l->tomb[1]);
+    kv_buf_release(&s.prefix);
+    kv_buf_release(&s.cursor);
+
+    /* The malformed ones. */
+    OK(kv_buf_put_varint(&big, REP_MAX_KEY + 1));
+    for (uint32_t i = 0; i < REP_MAX_KEY + 1 + 9; i++)
+        OK(kv_buf_append(&big, "x", 1));
+    static uint8_t long_cursor[REP_SCAN_MAX_CURSOR + 1];
+    struct {
+        const char *what;
+        kv_slice value;
+        uint32_t max, flags;
+        kv_slice ctx;
+        uint16_t type;
+    } bad[] = {
+        {"a key length past the end",
+         S("\x32"
+           "abc"),
+         0, 0, S(""), 0},
+        {"an empty key",
+         kv_slice_make("\x00"
+                       "12345678\x00",
+                       10),
+         0, 0, S(""), 0},
+        {"an unknown item flag", S("\x01k12345678\x02"), 0, 0, S(""), 0},
+        {"a short timestamp", S("\x01k1234"), 0, 0, S(""), 0},
+        {"no flags byte", S("\x01k12345678"), 0, 0, S(""), 0},
+        {"a key over REP_MAX_KEY", kv_buf_slice(&big), 0, 0, S(""), 0},
+        {"a length varint of ten bytes",
+         S("\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"), 0, 0, S(""), 0},
+        {"more items than asked for", kv_buf_slice(&v), 1, 0, S(""), 0},
+        {"more to come from no cursor", kv_buf_slice(&v), 2, REP_SCAN_MORE,
+         S(""), 0},
+        {"a cursor longer than any", kv_buf_slice(&v), 2, 0,
+         kv_slice_make(long_cursor, sizeof long_cursor), 0},
+        {"another reply type", S(""), 0, 0, S(""), REP_GET_REPLY},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        rep_msg m = {.type = bad[i].type ? bad[i].type : REP_SCAN_REPLY,
+                     .flags = bad[i].flags,
+                     .ctx = bad[i].ctx,
+                     .value = bad[i].value};
+        memset(l, 0, sizeof *l);
+        more = true;
+        int rc = scan_fake(&m, bad[i].max, l, &more, &broken, &s);
+        cr_assert_eq(rc, KV_EPROTO, "%s: %d (%s)", bad[i].what, rc,
+                     kv_strerror(rc));
+        cr_assert(broken, "%s: the client is still usable", bad[i].what);
+        cr_assert_eq(l->n, 0, "%s: %d items handed out", bad[i].what, l->n);
+        cr_assert_not(more, "%s: more", bad[i].what);
+        kv_buf_release(&s.prefix);
+        kv_buf_release(&s.cursor);
+    }
+    kv_buf_release(&v);
+    kv_buf_release(&big);
+    free(l);
+}
+
+/* A node stopping with scans on its pool answers each of them, with its
+ * batch or KV_ECLOSED, before the connection closes, and frees them once
+ * their pool jobs end (the sanitizer build checks no byte leaks). */
+Test(node, scans_in_flight_when_the_node_stops_are_answered) {
+    open_scan_node(true);
+    int fd = raw_connect();
+    rep_parser p;
+    rep_parser_init(&p, REP_MAX_PAYLOAD);
+    seen s = {0};
+    send_hello(fd);
+    read_frames(fd, &p, &s, 1, 5000, NULL);
+    enum { KEYS = 4000, SCANS = 64 };
+    static char value[1024];
+    memset(value, 'v', sizeof value);
+    kv_buf f = KV_BUF_INIT;
+    for (int i = 0; i < KEYS; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "k/%05d", i);
+        rep_msg m = {.type = REP_PUT,
+                     .id = 100 + (uint64_t)i,
+                     .key = S(key),
+                     .value = kv_slice_make(value, sizeof value)};
+        OK(rep_msg_encode(&m, &f));
+    }
+    send_bytes(fd, f.ptr, f.len);
+    s.n = 0;
+    read_frames(fd, &p, &s, KEYS, 10000, NULL);
+    for (int i = 0; i < KEYS; i++)
+        cr_assert(s.m[i].type == REP_PUT_REPLY && s.m[i].status == 0);
+    /* Every scan read by the node before the stop: the ping after them is
+     * answered once they are all on the pool. */
+    kv_buf_reset(&f);
+    for (int i = 0; i < SCANS; i++) {
+        rep_msg m = {.type = REP_SCAN, .id = 10000 + (uint64_t)i};
+        OK(rep_msg_encode(&m, &f));
+    }
+    rep_msg ping = {.type = REP_PING, .id = 20000};
+    OK(rep_msg_encode(&ping, &f));
+    send_bytes(fd, f.ptr, f.len);
+    bool answered[SCANS] = {false}, pong = false;
+    int closed = 0;
+    s.n = 0;
+    while (!pong) {
+        read_frames(fd, &p, &s, s.n + 1, 10000, NULL);
+        pong = s.m[s.n - 1].type == REP_PONG;
+    }
+    rep_node_stop(g_node);
+    bool eof = false;
+    while (!eof) read_frames(fd, &p, &s, s.n + 1, 10000, &eof);
+    for (int i = 0; i < s.n; i++) {
+        if (s.m[i].type == REP_PONG) continue;
+        cr_assert_eq(s.m[i].type, REP_SCAN_REPLY);
+        uint64_t k = s.m[i].id - 10000;
+        cr_assert(k < SCANS && !answered[k], "scan %llu answered twice",
+                  (unsigned long long)s.m[i].id);
+        answered[k] = true;
+        cr_assert(s.m[i].status == 0 || s.m[i].status == KV_ECLOSED,
+                  "a scan answered %d", s.m[i].status);
+        closed += s.m[i].status == KV_ECLOSED;
+    }
+    for (int i = 0; i < SCANS; i++)
+        cr_assert(answered[i], "scan %d never answered", i);
+    cr_log_info("%d of %d scans answered KV_ECLOSED", closed, (int)SCANS);
+    free(s.m);
+    rep_parser_release(&p);
+    kv_buf_release(&f);
+    close(fd);
 }
