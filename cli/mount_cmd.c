@@ -108,6 +108,19 @@ static int parse_o(mount_cfg *m, char *opts) {
                 m->fo.attr_timeout = d;
             else
                 m->fo.entry_timeout = d;
+        } else if (KEY("sweep") || KEY("sweep_grace")) {
+            char *end;
+            double d = strtod(v, &end);
+            double lo = KEY("sweep") ? 0 : 1;
+            if (end == v || *end || !(d >= lo && d <= 30 * 86400.0)) {
+                fprintf(stderr, "quorumfs mount: -o %s wants %g..2592000 s\n",
+                        o, lo);
+                return 2;
+            }
+            if (KEY("sweep"))
+                m->fo.sweep_s = d;
+            else
+                m->fo.sweep_grace_s = d;
         } else if (KEY("volume")) {
             if (!*v || strchr(v, '/') || strlen(v) > 60) {
                 fprintf(stderr, "quorumfs mount: bad volume name '%s'\n", v);

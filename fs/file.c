@@ -87,15 +87,39 @@ static void drop_chunk(fs_inode *ino, uint64_t index) {
     }
 }
 
+/* Note chunk c as stored for f and not yet referred to by a written
+ * inode. */
+static int pending_add(fs_file *f, const fs_chunk *c, int64_t stored_ns) {
+    if (f->npending == f->pending_cap) {
+        size_t ncap = f->pending_cap ? f->pending_cap * 2 : 8;
+        fs_chunk *p = kv_realloc(f->pending, ncap * sizeof *p);
+        if (!p) return -ENOMEM;
+        f->pending = p;
+        f->pending_cap = ncap;
+    }
+    if (f->npending == 0 || stored_ns < f->pending_oldest_ns)
+        f->pending_oldest_ns = stored_ns;
+    f->pending[f->npending++] = *c;
+    return 0;
+}
+
+bool fs__file_due(const qfs_fs *fs, const fs_file *f, int64_t now_ns) {
+    return f->npending >= FS_PENDING_MAX ||
+           (f->npending > 0 &&
+            now_ns - f->pending_oldest_ns >= fs__pending_age_ns(fs));
+}
+
 /* Store dirty chunk d and point the manifest at it. */
-static int dchunk_store(qfs_fs *fs, fs_file *f, fs_dchunk *d, bool sync) {
+static int dchunk_store(qfs_fs *fs, fs_file *f, fs_dchunk *d) {
     fs_chunk c = {.index = d->index};
     int rc = 0;
     if (d->bytes.len == 0) {
         /* A chunk cut to nothing reads as a hole. */
         drop_chunk(&f->obj.ino, d->index);
     } else {
-        rc = fs__chunk_put(fs, kv_buf_slice(&d->bytes), sync, &c);
+        int64_t at;
+        rc = fs__chunk_put(fs, kv_buf_slice(&d->bytes), &c, &at);
+        if (rc == 0) rc = pending_add(f, &c, at);
         if (rc == 0) rc = fs_file_set_chunk(&f->obj.ino, &c);
     }
     if (rc == 0) {
@@ -166,7 +190,7 @@ int fs__file_write(qfs_fs *fs, fs_file *f, uint64_t off, const void *buf,
         for (; rc == 0 && d; d = next) {
             next = d->next;
             if (pass == 1 || d->bytes.len == FS_CHUNK_SIZE)
-                rc = dchunk_store(fs, f, d, false);
+                rc = dchunk_store(fs, f, d);
         }
     }
     return rc;
@@ -252,8 +276,28 @@ int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
      * the key. Chunks are synced when stored. */
     if (!f->dirty && !sync) return 0;
     int rc = 0;
-    while (rc == 0 && f->dchunks) rc = dchunk_store(fs, f, f->dchunks, sync);
+    while (rc == 0 && f->dchunks) rc = dchunk_store(fs, f, f->dchunks);
     if (rc) return rc;
+    /* Chunks stored long ago (the mount stalled, or write-backs failed)
+     * may have outlived the sweep's grace: store them again before the
+     * inode refers to them. One a sweep took is lost: EIO, not a manifest
+     * pointing at nothing. */
+    if (f->npending > 0 &&
+        wall_ns() - f->pending_oldest_ns >= fs__grace_half_ns(fs)) {
+        for (size_t i = 0; rc == 0 && i < f->npending; i++) {
+            const fs_chunk *m = fs_file_chunk(&f->obj.ino, f->pending[i].index);
+            if (!m || memcmp(m->hash, f->pending[i].hash, FS_HASH_LEN))
+                continue; /* replaced since: not referred to */
+            rc = fs__chunk_refresh(fs, &f->pending[i]);
+            if (rc == KV_ENOTFOUND) {
+                kv_error(FS_MOD, "a chunk of this file was reclaimed before "
+                                 "its inode was written");
+                rc = KV_ECORRUPT;
+            }
+        }
+        if (rc) return rc;
+        f->pending_oldest_ns = wall_ns();
+    }
     if (f->ctx_stale) {
         /* Our last put made a version our context does not cover. Take
          * the context of a fresh read when that version is all there is;
@@ -273,11 +317,13 @@ int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
         f->ctx_stale = false;
     }
     kv_buf nc = KV_BUF_INIT;
-    uint64_t ver = fs__inode_ver(&f->obj.ino);
-    rc = fs__obj_put(fs, id, &f->obj.ino, kv_buf_slice(&f->obj.ctx), sync, &nc);
+    uint64_t ver = 0;
+    rc = fs__obj_put_ver(fs, id, &f->obj.ino, kv_buf_slice(&f->obj.ctx), sync,
+                         &nc, &ver);
     if (rc == 0) f->put_ver = ver;
     if (rc == 0) {
         f->dirty = false;
+        f->npending = 0; /* the inode refers to them now */
         /* The put's context covers this write: the next one supersedes
          * it. Without one (other versions remain), read before then. */
         f->ctx_stale = nc.len == 0;
@@ -296,5 +342,6 @@ void fs__file_free(fs_file *f) {
     while (f->dchunks) dchunk_unlink(f, f->dchunks);
     fs__obj_release(&f->obj);
     kv_buf_release(&f->cached);
+    kv_free(f->pending);
     kv_free(f);
 }

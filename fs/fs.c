@@ -598,8 +598,10 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     /* The object first, then its name: a crash between leaves an object
      * nothing names (reclaimable), never a name without an object. */
     kv_buf newctx = KV_BUF_INIT;
+    uint64_t put_ver = 0;
     if (rc == 0)
-        rc = fs__obj_put(fs, &id, &ino, kv_slice_make(NULL, 0), false, &newctx);
+        rc = fs__obj_put_ver(fs, &id, &ino, kv_slice_make(NULL, 0), false,
+                             &newctx, &put_ver);
     if (rc == 0) rc = fs__dview_add(fs, v, name, &id, t, NULL);
     if (rc == 0) rc = fs__dview_put(fs, v, false);
     recent_keep(dn, v);
@@ -639,7 +641,7 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     fs__obj_init(&f->obj);
     kv_buf_init(&f->cached);
     fs_inode_release(&f->obj.ino);
-    f->put_ver = fs__inode_ver(&ino);
+    f->put_ver = put_ver;
     f->obj.ino = ino; /* moved */
     kv_buf_release(&f->obj.ctx);
     f->obj.ctx = newctx; /* moved */
@@ -1195,6 +1197,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
         uint64_t at =
             (fi->flags & O_APPEND) ? nd->file->obj.ino.size : (uint64_t)off;
         rc = fs__file_write(fs, nd->file, at, buf, size);
+        /* Chunks stored for a long write get their inode written now and
+         * then, so a sweep sees them referred to (sweep.c). */
+        if (rc == 0 && fs__file_due(fs, nd->file, wall_ns()))
+            rc = fs__file_writeback(fs, &nd->id, nd->file, false);
+        fs__pending_note(nd);
     }
     pthread_mutex_unlock(&nd->lock);
     if (rc)
@@ -1207,6 +1214,7 @@ static int writeback(qfs_fs *fs, fs_node *nd, bool sync) {
     if (nd->ver) return 0; /* a conflict version: read-only, nothing to do */
     pthread_mutex_lock(&nd->lock);
     int rc = nd->file ? fs__file_writeback(fs, &nd->id, nd->file, sync) : 0;
+    fs__pending_note(nd);
     pthread_mutex_unlock(&nd->lock);
     return rc;
 }
@@ -1250,6 +1258,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
         drop = nd->unlinked;
         nd->file->dirty = false; /* release cannot report; logged above */
         file_unload(nd);
+        fs__pending_note(nd);
         nd->unlinked = false;
     }
     pthread_mutex_unlock(&nd->lock);
@@ -1305,6 +1314,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
 #define QFS_XATTR "user.quorumfs."
 #define QFS_XATTR_VCLOCK "user.quorumfs.vclock"
 #define QFS_XATTR_SIBLINGS "user.quorumfs.siblings"
+#define QFS_XATTR_SWEEP "user.quorumfs.sweep" /* the root's: sweep.c */
 
 /* The read-only xattrs that show a file's causal state: its context as
  * "actor:counter" pairs (actors in hex), and how many versions it has. */
@@ -1464,9 +1474,11 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
     }
     fs_node *nd = node_of(req, ino);
     if (!nd) return;
-    if (!strcmp(name, QFS_XATTR_VCLOCK) || !strcmp(name, QFS_XATTR_SIBLINGS)) {
+    bool sweep = !strcmp(name, QFS_XATTR_SWEEP) && fs_id_is_root(&nd->id);
+    if (sweep || !strcmp(name, QFS_XATTR_VCLOCK) ||
+        !strcmp(name, QFS_XATTR_SIBLINGS)) {
         kv_buf v = KV_BUF_INIT;
-        int rc = qfs_xattr(fs, nd, name, &v);
+        int rc = sweep ? fs__sweep_text(fs, &v) : qfs_xattr(fs, nd, name, &v);
         if (rc)
             fuse_reply_err(req, name_err(fs, rc, "getxattr", &nd->id));
         else if (size == 0)
@@ -1577,13 +1589,15 @@ void qfs_fs_opts_init(qfs_fs_opts *o) {
     o->timeout_ms = 5000;
     o->attr_timeout = 1.0;
     o->entry_timeout = 1.0;
+    o->sweep_s = 3600;
+    o->sweep_grace_s = 900;
 }
 
 int qfs_fs_open(const qfs_fs_opts *o, qfs_fs **out) {
     *out = NULL;
     if (!o->connect || !o->volume || !*o->volume ||
         strlen(o->volume) >= sizeof((qfs_fs *)0)->volume ||
-        strchr(o->volume, '/'))
+        strchr(o->volume, '/') || o->sweep_s < 0 || o->sweep_grace_s < 1)
         return -EINVAL;
     qfs_fs *fs = kv_calloc(1, sizeof *fs);
     if (!fs) return -ENOMEM;
@@ -1593,9 +1607,13 @@ int qfs_fs_open(const qfs_fs_opts *o, qfs_fs **out) {
     pthread_mutex_init(&fs->pool_mu, NULL);
     pthread_mutex_init(&fs->mu, NULL);
     fs->next_ino = 2;
+    pthread_mutex_init(&fs->bg_mu, NULL);
+    pthread_cond_init(&fs->bg_cv, NULL);
     pthread_mutex_init(&fs->actor_mu, NULL);
     fs->actors = kv_calloc(FS_ACTORS, sizeof *fs->actors);
     if (!fs->actors) {
+        pthread_mutex_destroy(&fs->bg_mu);
+        pthread_cond_destroy(&fs->bg_cv);
         pthread_mutex_destroy(&fs->actor_mu);
         pthread_mutex_destroy(&fs->mu);
         pthread_mutex_destroy(&fs->pool_mu);
@@ -1631,12 +1649,17 @@ int qfs_fs_open(const qfs_fs_opts *o, qfs_fs **out) {
         qfs_fs_close(fs);
         return rc;
     }
+    if ((rc = fs__bg_start(fs))) {
+        qfs_fs_close(fs);
+        return rc;
+    }
     *out = fs;
     return 0;
 }
 
 int qfs_fs_close(qfs_fs *fs) {
     if (!fs) return 0;
+    fs__bg_stop(fs);
     int first = 0;
     for (size_t h = 0; h < FS_NODE_BUCKETS; h++) {
         for (fs_node *nd = fs->by_id[h]; nd; nd = nd->next_id) {
@@ -1664,6 +1687,8 @@ int qfs_fs_close(qfs_fs *fs) {
     pthread_mutex_destroy(&fs->mu);
     pthread_mutex_destroy(&fs->pool_mu);
     pthread_mutex_destroy(&fs->actor_mu);
+    pthread_mutex_destroy(&fs->bg_mu);
+    pthread_cond_destroy(&fs->bg_cv);
     kv_free(fs->actors);
     kv_free(fs);
     return first;

@@ -33,6 +33,11 @@ typedef struct qfs_fs_opts {
     uint32_t timeout_ms;  /* deadline of one store call, default 5000 */
     double attr_timeout;  /* seconds the kernel caches attributes, 1.0 */
     double entry_timeout; /* seconds the kernel caches names, 1.0 */
+    /* The chunk sweep (fs/sweep.c): seconds between sweeps (0: none; the
+     * default 3600) and the grace a chunk gets after its last write
+     * before a sweep may reclaim it (900; at least 1). */
+    double sweep_s;
+    double sweep_grace_s;
     qfs_connect_fn connect;
     void *connect_arg;
 } qfs_fs_opts;

@@ -78,7 +78,16 @@ typedef struct fs_file {
     uint64_t cached_index; /* one clean chunk kept for reads */
     kv_buf cached;
     bool have_cached;
+    /* Chunks stored for this file that no written inode refers to yet
+     * (see sweep.c): their oldest write time; written back (the inode)
+     * once FS_PENDING_MAX are pending or the oldest is fs__pending_age
+     * old, and stored again first if the sweep's grace may have run out. */
+    fs_chunk *pending;
+    size_t npending, pending_cap;
+    int64_t pending_oldest_ns;
 } fs_file;
+
+#define FS_PENDING_MAX 64
 
 /* An object the kernel holds a reference to (lookup count > 0) or that is
  * open. ino is the FUSE node id. */
@@ -91,6 +100,7 @@ typedef struct fs_node {
     uint32_t holds;       /* [fs->mu] open handles and callers' claims */
     bool dead;            /* [fs->mu] unchained, being freed */
     uint32_t opens;       /* [lock] */
+    bool has_pending;     /* [atomic] file->npending > 0 (sweep.c) */
     bool unlinked;        /* [lock] its last name is gone: delete on release */
     pthread_mutex_t lock; /* serialises changes to the object */
     fs_file *file;        /* [lock] while open */
@@ -116,9 +126,24 @@ typedef struct fs_actor {
 
 #define FS_ACTORS 16384 /* objects whose actor a mount remembers */
 
+/* What the sweeps did, for user.quorumfs.sweep on the root. */
+typedef struct fs_sweep_stats {
+    uint64_t runs, failed;    /* sweeps finished, and given up */
+    uint64_t inodes, chunks;  /* the last one's inode and chunk keys */
+    uint64_t kept, reclaimed; /* its chunks referred to, and reclaimed */
+    uint64_t reclaimed_total; /* by every sweep of this mount */
+    char last_error[256];     /* why the last one gave up, or "" */
+} fs_sweep_stats;
+
 struct qfs_fs {
     qfs_fs_opts o;
     char volume[64];
+    /* The background thread (sweep.c): pending write-backs and sweeps. */
+    pthread_t bg;
+    bool bg_started, bg_stop; /* [bg_mu] */
+    pthread_mutex_t bg_mu;
+    pthread_cond_t bg_cv;
+    fs_sweep_stats sweep; /* [bg_mu] */
     pthread_mutex_t actor_mu;
     fs_actor *actors; /* [actor_mu] FS_ACTORS slots, by hash */
     pthread_mutex_t pool_mu;
@@ -147,24 +172,50 @@ int fs__key_get(qfs_fs *fs, kv_slice key, fs_obj *o);
  * versions remain (rep_client_put_ctx). */
 int fs__obj_put(qfs_fs *fs, const fs_id *id, const fs_inode *ino, kv_slice ctx,
                 bool sync, kv_buf *newctx);
+/* fs__obj_put, also giving the version hash the write has (*ver). */
+int fs__obj_put_ver(qfs_fs *fs, const fs_id *id, const fs_inode *ino,
+                    kv_slice ctx, bool sync, kv_buf *newctx, uint64_t *ver);
 int fs__key_put(qfs_fs *fs, kv_slice key, const fs_inode *ino, kv_slice ctx,
                 bool sync, kv_buf *newctx);
 int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx);
 int fs__key_del(qfs_fs *fs, kv_slice key, kv_slice ctx);
-/* The version hash ino gets when written (fs__obj_get's ver); 0 if it
- * cannot be encoded. */
-uint64_t fs__inode_ver(const fs_inode *ino);
 /* A chunk's bytes, checked against its hash and length. */
 int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out);
-/* Store bytes as a chunk (unless stored already); sets c's hash and len.
- * Always in synced WALs (whatever sync says): a chunk found already
- * stored is not written again, so a later fsync could not sync it; a
- * 1 MiB chunk pays little for its fsync. */
-int fs__chunk_put(qfs_fs *fs, kv_slice bytes, bool sync, fs_chunk *c);
+/* Store bytes as a chunk; sets c's hash and len, and *stored_ns to the
+ * chunk's write time. A chunk stored already is not written again unless
+ * its last write is older than half the sweep's grace (then it is, so a
+ * sweep cannot take it before the inode that refers to it is written).
+ * Always in synced WALs: a chunk found stored is not written again, so a
+ * later fsync could not sync it; a 1 MiB chunk pays little for its
+ * fsync. */
+int fs__chunk_put(qfs_fs *fs, kv_slice bytes, fs_chunk *c, int64_t *stored_ns);
+/* Write chunk c again (read, checked, stored: a fresh write time).
+ * KV_ENOTFOUND if it is gone. */
+int fs__chunk_refresh(qfs_fs *fs, const fs_chunk *c);
+/* Half the sweep's grace, and how old a pending chunk may get before its
+ * file is written back (nanoseconds). */
+int64_t fs__grace_half_ns(const qfs_fs *fs);
+int64_t fs__pending_age_ns(const qfs_fs *fs);
+/* fn with a pooled connection (a new one if the first is dead). */
+int fs__with_client(qfs_fs *fs, int (*fn)(void *arg, rep_client *c), void *arg);
+/* Delete chunk hash if no live copy was written at or after cutoff_ns
+ * (*gone says whether it was). */
+int fs__chunk_reclaim(qfs_fs *fs, const uint8_t hash[FS_HASH_LEN],
+                      int64_t cutoff_ns, bool *gone);
 /* A store error as an errno for the kernel; logs the ones that are not
  * plain answers (EIO). */
 int fs__errno(qfs_fs *fs, int rc, const char *what, const fs_id *id);
 void fs__id_hex(const fs_id *id, char out[2 * FS_ID_LEN + 1]);
+
+/* sweep.c */
+int fs__bg_start(qfs_fs *fs);
+void fs__bg_stop(qfs_fs *fs);
+/* One sweep now (the background thread's; tests). */
+int fs__sweep(qfs_fs *fs);
+/* The text of user.quorumfs.sweep. */
+int fs__sweep_text(qfs_fs *fs, kv_buf *out);
+/* Set nd->has_pending from its file (nd->lock held). */
+void fs__pending_note(fs_node *nd);
 
 /* dir.c: a directory's objects (obj.h, "shards"). A view starts empty;
  * reads add objects to it; changes are made in it and written with
@@ -224,6 +275,8 @@ int fs__file_truncate(qfs_fs *fs, fs_file *f, uint64_t size);
 /* Store what f has dirty: its chunks, then its inode object with the
  * context f read (sync: acknowledged from synced WALs). */
 int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync);
+/* Whether f's pending chunks call for a write-back now. */
+bool fs__file_due(const qfs_fs *fs, const fs_file *f, int64_t now_ns);
 void fs__file_free(fs_file *f);
 
 /* node.c */
@@ -243,6 +296,9 @@ void fs__node_forget(qfs_fs *fs, fs_node *nd, uint64_t n);
 /* Hold nd (an open handle), and let go of a hold. A node goes once the
  * kernel forgot it and nothing holds it. */
 void fs__node_hold(qfs_fs *fs, fs_node *nd);
+/* Up to cap nodes whose files have pending chunks, each held (put them
+ * with fs__node_put); the count. */
+size_t fs__nodes_pending(qfs_fs *fs, fs_node **out, size_t cap);
 void fs__node_put(qfs_fs *fs, fs_node *nd);
 void fs__nodes_free(qfs_fs *fs);
 

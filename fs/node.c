@@ -131,6 +131,20 @@ void fs__node_put(qfs_fs *fs, fs_node *nd) {
     release_mu(fs, nd);
 }
 
+size_t fs__nodes_pending(qfs_fs *fs, fs_node **out, size_t cap) {
+    size_t n = 0;
+    pthread_mutex_lock(&fs->mu);
+    for (size_t b = 0; b < FS_NODE_BUCKETS && n < cap; b++)
+        for (fs_node *nd = fs->by_ino[b]; nd && n < cap; nd = nd->next_ino)
+            if (!nd->dead &&
+                __atomic_load_n(&nd->has_pending, __ATOMIC_RELAXED)) {
+                nd->holds++;
+                out[n++] = nd;
+            }
+    pthread_mutex_unlock(&fs->mu);
+    return n;
+}
+
 void fs__nodes_free(qfs_fs *fs) {
     for (size_t h = 0; h < FS_NODE_BUCKETS; h++) {
         fs_node *nd = fs->by_id[h];

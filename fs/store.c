@@ -89,6 +89,21 @@ static int call(qfs_fs *fs, int op, kv_slice key, kv_slice ctx, kv_slice value,
     return rc;
 }
 
+int fs__with_client(qfs_fs *fs, int (*fn)(void *arg, rep_client *c),
+                    void *arg) {
+    int rc = -EIO;
+    for (unsigned attempt = 0; attempt < 2; attempt++) {
+        rep_client *c;
+        rc = pool_take(fs, attempt, &c);
+        if (rc == 0) {
+            rc = fn(arg, c);
+            pool_give(fs, c);
+        }
+        if (!retryable(rc)) break;
+    }
+    return rc;
+}
+
 int fs__errno(qfs_fs *fs, int rc, const char *what, const fs_id *id) {
     (void)fs;
     switch (rc) {
@@ -257,10 +272,19 @@ out:
 
 int fs__obj_put(qfs_fs *fs, const fs_id *id, const fs_inode *ino, kv_slice ctx,
                 bool sync, kv_buf *newctx) {
-    kv_buf key = KV_BUF_INIT;
+    return fs__obj_put_ver(fs, id, ino, ctx, sync, newctx, NULL);
+}
+
+int fs__obj_put_ver(qfs_fs *fs, const fs_id *id, const fs_inode *ino,
+                    kv_slice ctx, bool sync, kv_buf *newctx, uint64_t *ver) {
+    kv_buf key = KV_BUF_INIT, val = KV_BUF_INIT;
     int rc = fs_key_inode(fs->o.volume, id, &key);
+    if (rc == 0) rc = fs_inode_encode(ino, &val);
+    if (rc == 0 && ver) *ver = version_hash(kv_buf_slice(&val));
     if (rc == 0)
-        rc = fs__key_put(fs, kv_buf_slice(&key), ino, ctx, sync, newctx);
+        rc = call(fs, OP_PUT, kv_buf_slice(&key), ctx, kv_buf_slice(&val), sync,
+                  newctx);
+    kv_buf_release(&val);
     kv_buf_release(&key);
     return rc;
 }
@@ -273,14 +297,6 @@ int fs__key_put(qfs_fs *fs, kv_slice key, const fs_inode *ino, kv_slice ctx,
         rc = call(fs, OP_PUT, key, ctx, kv_buf_slice(&val), sync, newctx);
     kv_buf_release(&val);
     return rc;
-}
-
-uint64_t fs__inode_ver(const fs_inode *ino) {
-    kv_buf val = KV_BUF_INIT;
-    uint64_t v =
-        fs_inode_encode(ino, &val) == 0 ? version_hash(kv_buf_slice(&val)) : 0;
-    kv_buf_release(&val);
-    return v;
 }
 
 int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx) {
@@ -325,22 +341,116 @@ int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out) {
     return rc;
 }
 
-int fs__chunk_put(qfs_fs *fs, kv_slice bytes, bool sync, fs_chunk *c) {
-    kv_buf key = KV_BUF_INIT, old = KV_BUF_INIT;
+static int64_t wall_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t fs__grace_half_ns(const qfs_fs *fs) {
+    return (int64_t)(fs->o.sweep_grace_s * 1e9 / 2);
+}
+
+int64_t fs__pending_age_ns(const qfs_fs *fs) {
+    return KV_MIN((int64_t)10 * 1000000000, fs__grace_half_ns(fs) / 4);
+}
+
+/* A chunk key's stored object, read for a change: its siblings (set is
+ * NULL when nothing is stored) and the context that covers them. */
+typedef struct chunk_obj {
+    kv_buf key, raw, ctx;
+    dvv_set *set;
+} chunk_obj;
+
+static void chunk_obj_release(chunk_obj *o) {
+    dvv_set_free(o->set);
+    kv_buf_release(&o->ctx);
+    kv_buf_release(&o->raw);
+    kv_buf_release(&o->key);
+}
+
+static int chunk_obj_read(qfs_fs *fs, const uint8_t hash[FS_HASH_LEN],
+                          chunk_obj *o) {
+    memset(o, 0, sizeof *o);
+    kv_buf_init(&o->key);
+    kv_buf_init(&o->raw);
+    kv_buf_init(&o->ctx);
+    dvv_ctx *cx = NULL;
+    int rc = fs_key_chunk(fs->o.volume, hash, &o->key);
+    if (rc == 0)
+        rc = call(fs, OP_GET, kv_buf_slice(&o->key), kv_slice_make(NULL, 0),
+                  kv_slice_make(NULL, 0), false, &o->raw);
+    if (rc == KV_ENOTFOUND) return 0;
+    if (rc == 0) rc = dvv_set_decode(kv_buf_slice(&o->raw), &o->set);
+    if (rc == 0 && (rc = dvv_set_join(o->set, &cx)) == 0)
+        rc = dvv_ctx_encode(cx, &o->ctx);
+    dvv_ctx_free(cx);
+    return rc;
+}
+
+/* Store bytes under c's key: skipped when a good copy was written within
+ * half the grace (force: never), else written with the context of what
+ * is there (superseding it: an old copy, a damaged one, a sweep's
+ * tombstone). */
+static int chunk_store(qfs_fs *fs, kv_slice bytes, const fs_chunk *c,
+                       bool force, int64_t *stored_ns) {
+    chunk_obj o;
+    int rc = chunk_obj_read(fs, c->hash, &o);
+    int64_t good = -1; /* the newest good copy's write time */
+    for (size_t i = 0; rc == 0 && o.set && i < dvv_set_siblings(o.set); i++) {
+        dvv_sibling s = dvv_set_sibling(o.set, i);
+        uint8_t h[FS_HASH_LEN];
+        if (s.value.flags & DVV_TOMBSTONE) continue;
+        fs_chunk_hash(s.value.bytes, h);
+        if (s.value.bytes.len != c->len || memcmp(h, c->hash, sizeof h))
+            continue;
+        good = KV_MAX(good, (int64_t)s.value.timestamp * 1000);
+    }
+    if (rc == 0 && !force && good >= wall_now_ns() - fs__grace_half_ns(fs)) {
+        *stored_ns = good;
+    } else if (rc == 0) {
+        *stored_ns = wall_now_ns();
+        rc = call(fs, OP_PUT, kv_buf_slice(&o.key), kv_buf_slice(&o.ctx), bytes,
+                  true, NULL); /* see fs__chunk_put's comment */
+    }
+    chunk_obj_release(&o);
+    return rc;
+}
+
+int fs__chunk_put(qfs_fs *fs, kv_slice bytes, fs_chunk *c, int64_t *stored_ns) {
     fs_chunk_hash(bytes, c->hash);
     c->len = (uint32_t)bytes.len;
-    /* Chunks are immutable and named by their content: one already stored
-     * is not written again (a blind put would add an equal sibling). */
-    int rc = fs__chunk_get(fs, c, &old);
-    if (rc == KV_ENOTFOUND || rc == KV_ECORRUPT)
-        rc = fs_key_chunk(fs->o.volume, c->hash, &key);
-    else
-        goto out;
-    if (rc == 0)
-        rc = call(fs, OP_PUT, kv_buf_slice(&key), kv_slice_make(NULL, 0), bytes,
-                  true, NULL); /* see fs__chunk_put's comment */
-out:
-    kv_buf_release(&old);
-    kv_buf_release(&key);
+    return chunk_store(fs, bytes, c, false, stored_ns);
+}
+
+int fs__chunk_refresh(qfs_fs *fs, const fs_chunk *c) {
+    kv_buf bytes = KV_BUF_INIT;
+    int64_t at;
+    int rc = fs__chunk_get(fs, c, &bytes);
+    if (rc == 0) rc = chunk_store(fs, kv_buf_slice(&bytes), c, true, &at);
+    kv_buf_release(&bytes);
     return rc;
+}
+
+int fs__chunk_reclaim(qfs_fs *fs, const uint8_t hash[FS_HASH_LEN],
+                      int64_t cutoff_ns, bool *gone) {
+    chunk_obj o;
+    *gone = false;
+    int rc = chunk_obj_read(fs, hash, &o);
+    bool live = false, young = false;
+    for (size_t i = 0; rc == 0 && o.set && i < dvv_set_siblings(o.set); i++) {
+        dvv_sibling s = dvv_set_sibling(o.set, i);
+        if (s.value.flags & DVV_TOMBSTONE) continue;
+        live = true;
+        young |= (int64_t)s.value.timestamp * 1000 >= cutoff_ns;
+    }
+    /* Written again since it was listed (a writer storing the same
+     * bytes): it stays. */
+    if (rc == 0 && live && !young) {
+        rc = call(fs, OP_DEL, kv_buf_slice(&o.key), kv_buf_slice(&o.ctx),
+                  kv_slice_make(NULL, 0), false, NULL);
+        *gone = rc == 0;
+    }
+    chunk_obj_release(&o);
+    return rc == KV_ENOTFOUND ? 0 : rc;
 }

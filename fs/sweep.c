@@ -1,0 +1,398 @@
+/*
+ * The chunk sweep, and the write-backs that make it safe.
+ *
+ * A chunk is stored before the inode that refers to it, so for a while a
+ * chunk is referred to by nothing but a writer's memory. The sweep may
+ * reclaim a chunk only when no stored inode version refers to it and its
+ * last write is older than the grace G (sweep_grace_s):
+ *
+ *   - a writer writes its file's inode within fs__pending_age_ns (at most
+ *     10 s, G/8) of storing a chunk: after FS_PENDING_MAX stored chunks,
+ *     or from this thread for a file that went quiet;
+ *   - a chunk found already stored (content-addressed) is written again
+ *     when its last write is older than G/2, so a writer that is about to
+ *     refer to it always holds a chunk written within G/2;
+ *   - an inode about to refer to chunks stored longer than G/2 ago (the
+ *     mount stalled, or write-backs failed) stores them again first, and
+ *     fails with EIO if one is gone.
+ *
+ * So a chunk older than G at the start of a sweep that some writer will
+ * still refer to is referred to by an inode written before the sweep
+ * started, which the sweep reads. The sweep: note t0; list every inode
+ * key on every member and read each inode (a quorum read, every version);
+ * list every chunk key on every member; reclaim (delete, with the context
+ * of a fresh read) each chunk no version refers to whose last write is
+ * before t0 - G, checked again on that fresh read. A member that cannot
+ * be listed, or an inode that cannot be read, stops the sweep before it
+ * deletes anything. Deleting is safe against a writer that stores the
+ * same bytes at the same time: its put supersedes or sits beside the
+ * tombstone, and a live sibling is the chunk.
+ *
+ * What it does not cover (docs/ARCHITECTURE.md): a file open for longer
+ * than G whose other versions, written meanwhile by another mount, no
+ * longer refer to chunks this mount's version still does.
+ */
+#include "fs/fs_int.h"
+
+#include "replica/client.h"
+#include "replica/dvv.h"
+#include "ring/ring.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static bool stopping(qfs_fs *fs) {
+    return __atomic_load_n(&fs->bg_stop, __ATOMIC_RELAXED);
+}
+
+void fs__pending_note(fs_node *nd) {
+    bool p = nd->file && nd->file->npending > 0;
+    __atomic_store_n(&nd->has_pending, p, __ATOMIC_RELAXED);
+}
+
+/* ---- sets of 16-byte keys (ids, chunk hashes) ---- */
+
+typedef struct set16 {
+    uint8_t (*k)[16];
+    uint8_t *used;
+    size_t cap, n;
+} set16;
+
+static size_t slot_of(const uint8_t key[16], size_t cap) {
+    return (size_t)(kv_get_u64(key) ^ kv_get_u64(key + 8)) & (cap - 1);
+}
+
+static bool set_has(const set16 *s, const uint8_t key[16]) {
+    if (s->cap == 0) return false;
+    for (size_t i = slot_of(key, s->cap);; i = (i + 1) & (s->cap - 1)) {
+        if (!s->used[i]) return false;
+        if (memcmp(s->k[i], key, 16) == 0) return true;
+    }
+}
+
+static int set_add(set16 *s, const uint8_t key[16]) {
+    if (set_has(s, key)) return 0;
+    if (2 * (s->n + 1) > s->cap) {
+        size_t ncap = s->cap ? 2 * s->cap : 1024;
+        set16 t = {kv_malloc(ncap * 16), kv_calloc(ncap, 1), ncap, 0};
+        if (!t.k || !t.used) {
+            kv_free(t.k);
+            kv_free(t.used);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->used[i]) set_add(&t, s->k[i]);
+        kv_free(s->k);
+        kv_free(s->used);
+        *s = t;
+    }
+    size_t i = slot_of(key, s->cap);
+    while (s->used[i]) i = (i + 1) & (s->cap - 1);
+    memcpy(s->k[i], key, 16);
+    s->used[i] = 1;
+    s->n++;
+    return 0;
+}
+
+static void set_free(set16 *s) {
+    kv_free(s->k);
+    kv_free(s->used);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- one sweep ---- */
+
+typedef struct sweep {
+    qfs_fs *fs;
+    kv_buf prefix_i, prefix_c;
+    set16 ids, refs, doomed, seen;
+    int64_t cutoff_ns; /* chunks written before this may go */
+    char why[256];
+} sweep;
+
+static int hex16(const uint8_t *p, size_t len, uint8_t out[16]) {
+    if (len != 32) return -1;
+    for (size_t i = 0; i < 32; i++) {
+        uint8_t c = p[i], v;
+        if (c >= '0' && c <= '9')
+            v = (uint8_t)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v = (uint8_t)(c - 'a' + 10);
+        else
+            return -1;
+        if (i % 2 == 0)
+            out[i / 2] = (uint8_t)(v << 4);
+        else
+            out[i / 2] |= v;
+    }
+    return 0;
+}
+
+static int on_inode(void *arg, const rep_scan_item *it) {
+    sweep *w = arg;
+    uint8_t id[16];
+    if (it->tombstone) return 0;
+    if (hex16(it->key.ptr + w->prefix_i.len, it->key.len - w->prefix_i.len, id))
+        return 0; /* not one of ours */
+    return set_add(&w->ids, id);
+}
+
+static int on_chunk(void *arg, const rep_scan_item *it) {
+    sweep *w = arg;
+    uint8_t h[16];
+    if (hex16(it->key.ptr + w->prefix_c.len, it->key.len - w->prefix_c.len, h))
+        return 0;
+    if (it->tombstone) return 0;
+    int rc = set_add(&w->seen, h); /* each copy is listed: count one */
+    if (rc || (int64_t)it->newest_us * 1000 >= w->cutoff_ns ||
+        set_has(&w->refs, h))
+        return rc;
+    return set_add(&w->doomed, h);
+}
+
+/* Every key under prefix on the node c is connected to. */
+static int scan_node(sweep *w, rep_client *c, const kv_buf *prefix,
+                     rep_scan_cb cb) {
+    kv_buf cursor = KV_BUF_INIT;
+    bool more = true;
+    int rc = 0;
+    while (rc == 0 && more) {
+        if (stopping(w->fs)) {
+            rc = KV_ECLOSED;
+            break;
+        }
+        rc = rep_client_scan(c, kv_buf_slice(prefix), &cursor, 0, cb, w, &more);
+    }
+    kv_buf_release(&cursor);
+    return rc;
+}
+
+/* Scan prefix on every member: a member with an address over its own
+ * connection, one without (the embedded node) over c. */
+static int scan_members(sweep *w, rep_client *c, const kv_buf *prefix,
+                        rep_scan_cb cb) {
+    kv_buf raw = KV_BUF_INIT;
+    ring_cluster *st = NULL;
+    int rc = rep_client_state(c, &raw);
+    if (rc == 0) rc = ring_cluster_decode(kv_buf_slice(&raw), &st);
+    bool local_done = false;
+    for (uint32_t i = 0; rc == 0 && st && i < ring_cluster_members(st); i++) {
+        ring_member_info m = ring_cluster_member(st, i);
+        if (m.status == RING_REMOVED) continue;
+        if (m.addr.len == 0) {
+            if (!local_done) rc = scan_node(w, c, prefix, cb);
+            local_done = true;
+            continue;
+        }
+        char addr[128];
+        snprintf(addr, sizeof addr, "%.*s", (int)KV_MIN(m.addr.len, 127),
+                 (const char *)m.addr.ptr);
+        rep_client *mc;
+        rc = rep_client_connect(addr, w->fs->o.timeout_ms, &mc);
+        if (rc == 0) {
+            rc = scan_node(w, mc, prefix, cb);
+            rep_client_close(mc);
+        }
+        if (rc)
+            snprintf(w->why, sizeof w->why, "cannot list member %s: %s", addr,
+                     kv_strerror(rc));
+    }
+    if (rc && !w->why[0])
+        snprintf(w->why, sizeof w->why, "cannot list the members: %s",
+                 kv_strerror(rc));
+    ring_cluster_unref(st);
+    kv_buf_release(&raw);
+    return rc;
+}
+
+/* The chunks every version of every listed inode refers to. */
+static int mark(sweep *w) {
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < w->ids.cap; i++) {
+        if (!w->ids.used[i]) continue;
+        if (stopping(w->fs)) return KV_ECLOSED;
+        fs_id id;
+        memcpy(id.b, w->ids.k[i], FS_ID_LEN);
+        fs_obj o;
+        fs__obj_init(&o);
+        rc = fs__obj_get(w->fs, &id, &o);
+        for (size_t v = 0; rc == 0 && v <= o.nsib; v++) {
+            const fs_inode *ino = v == 0 ? &o.ino : &o.sibs[v - 1];
+            for (size_t k = 0; rc == 0 && ino->chunked && k < ino->nchunks; k++)
+                rc = set_add(&w->refs, ino->chunks[k].hash);
+        }
+        if (rc == KV_ENOTFOUND) rc = 0; /* deleted since it was listed */
+        if (rc) {
+            char hex[2 * FS_ID_LEN + 1];
+            fs__id_hex(&id, hex);
+            snprintf(w->why, sizeof w->why, "cannot read inode %s: %s", hex,
+                     kv_strerror(rc));
+        }
+        fs__obj_release(&o);
+    }
+    return rc;
+}
+
+static int prefix_of(const char *volume, char kind, kv_buf *out) {
+    char p[80];
+    int n = snprintf(p, sizeof p, "%s/%c/", volume, kind);
+    return kv_buf_set(out, p, (size_t)n);
+}
+
+static int run(sweep *w, rep_client *c) {
+    int rc = prefix_of(w->fs->o.volume, 'i', &w->prefix_i);
+    if (rc == 0) rc = prefix_of(w->fs->o.volume, 'c', &w->prefix_c);
+    if (rc == 0) rc = scan_members(w, c, &w->prefix_i, on_inode);
+    if (rc == 0) rc = mark(w);
+    if (rc == 0) rc = scan_members(w, c, &w->prefix_c, on_chunk);
+    return rc;
+}
+
+static int with_client(void *arg, rep_client *c) {
+    return run(arg, c);
+}
+
+int fs__sweep(qfs_fs *fs) {
+    sweep w = {.fs = fs};
+    kv_buf_init(&w.prefix_i);
+    kv_buf_init(&w.prefix_c);
+    w.cutoff_ns = now_ns() - (int64_t)(fs->o.sweep_grace_s * 1e9);
+    int rc = fs__with_client(fs, with_client, &w);
+    uint64_t reclaimed = 0;
+    for (size_t i = 0; rc == 0 && i < w.doomed.cap; i++) {
+        if (!w.doomed.used[i]) continue;
+        if (stopping(fs)) {
+            rc = KV_ECLOSED;
+            break;
+        }
+        bool gone = false;
+        int r = fs__chunk_reclaim(fs, w.doomed.k[i], w.cutoff_ns, &gone);
+        if (r) {
+            /* One chunk that cannot be deleted now is tried next time. */
+            fs__errno(fs, r, "sweep: reclaim a chunk", NULL);
+            continue;
+        }
+        reclaimed += gone;
+    }
+    pthread_mutex_lock(&fs->bg_mu);
+    if (rc) {
+        fs->sweep.failed++;
+        snprintf(fs->sweep.last_error, sizeof fs->sweep.last_error, "%s",
+                 w.why[0] ? w.why : kv_strerror(rc));
+    } else {
+        fs->sweep.runs++;
+        fs->sweep.inodes = w.ids.n;
+        fs->sweep.chunks = w.seen.n;
+        fs->sweep.kept = w.seen.n - w.doomed.n;
+        fs->sweep.reclaimed = reclaimed;
+        fs->sweep.reclaimed_total += reclaimed;
+        fs->sweep.last_error[0] = 0;
+    }
+    pthread_mutex_unlock(&fs->bg_mu);
+    if (rc && rc != KV_ECLOSED)
+        kv_warn(FS_MOD, "sweep gave up, nothing reclaimed: %s",
+                w.why[0] ? w.why : kv_strerror(rc));
+    else if (rc == 0 && reclaimed)
+        kv_info(FS_MOD,
+                "sweep: %llu inodes, %llu chunks listed, %llu "
+                "reclaimed",
+                (unsigned long long)w.ids.n, (unsigned long long)w.seen.n,
+                (unsigned long long)reclaimed);
+    set_free(&w.ids);
+    set_free(&w.refs);
+    set_free(&w.doomed);
+    set_free(&w.seen);
+    kv_buf_release(&w.prefix_i);
+    kv_buf_release(&w.prefix_c);
+    return rc;
+}
+
+int fs__sweep_text(qfs_fs *fs, kv_buf *out) {
+    char t[640];
+    pthread_mutex_lock(&fs->bg_mu);
+    fs_sweep_stats s = fs->sweep;
+    pthread_mutex_unlock(&fs->bg_mu);
+    int n =
+        snprintf(t, sizeof t,
+                 "runs=%llu failed=%llu inodes=%llu chunks=%llu kept=%llu "
+                 "reclaimed=%llu reclaimed_total=%llu error=%s",
+                 (unsigned long long)s.runs, (unsigned long long)s.failed,
+                 (unsigned long long)s.inodes, (unsigned long long)s.chunks,
+                 (unsigned long long)s.kept, (unsigned long long)s.reclaimed,
+                 (unsigned long long)s.reclaimed_total,
+                 s.last_error[0] ? s.last_error : "-");
+    return kv_buf_set(out, t, (size_t)KV_MIN(n, (int)sizeof t - 1));
+}
+
+/* ---- the background thread ---- */
+
+/* Write back the files whose pending chunks are due. */
+static void write_back_due(qfs_fs *fs) {
+    fs_node *nds[256];
+    size_t n = fs__nodes_pending(fs, nds, 256);
+    int64_t now = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        fs_node *nd = nds[i];
+        pthread_mutex_lock(&nd->lock);
+        if (nd->file && fs__file_due(fs, nd->file, now)) {
+            int rc = fs__file_writeback(fs, &nd->id, nd->file, false);
+            if (rc) fs__errno(fs, rc, "background write-back", &nd->id);
+        }
+        fs__pending_note(nd);
+        pthread_mutex_unlock(&nd->lock);
+        fs__node_put(fs, nd);
+    }
+}
+
+static void *bg_main(void *arg) {
+    qfs_fs *fs = arg;
+    pthread_setname_np(pthread_self(), "qfs-sweep");
+    int64_t tick = KV_MAX(fs__pending_age_ns(fs) / 2, (int64_t)50000000);
+    int64_t next_sweep = fs->o.sweep_s > 0
+                             ? now_ns() + (int64_t)(fs->o.sweep_s * 1e9)
+                             : INT64_MAX;
+    pthread_mutex_lock(&fs->bg_mu);
+    while (!fs->bg_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        int64_t at = (int64_t)until.tv_sec * 1000000000 + until.tv_nsec + tick;
+        until.tv_sec = at / 1000000000;
+        until.tv_nsec = at % 1000000000;
+        pthread_cond_timedwait(&fs->bg_cv, &fs->bg_mu, &until);
+        if (fs->bg_stop) break;
+        pthread_mutex_unlock(&fs->bg_mu);
+        write_back_due(fs);
+        if (now_ns() >= next_sweep) {
+            fs__sweep(fs);
+            next_sweep = now_ns() + (int64_t)(fs->o.sweep_s * 1e9);
+        }
+        pthread_mutex_lock(&fs->bg_mu);
+    }
+    pthread_mutex_unlock(&fs->bg_mu);
+    return NULL;
+}
+
+int fs__bg_start(qfs_fs *fs) {
+    int rc = pthread_create(&fs->bg, NULL, bg_main, fs);
+    if (rc) return -rc;
+    fs->bg_started = true;
+    return 0;
+}
+
+void fs__bg_stop(qfs_fs *fs) {
+    if (!fs->bg_started) return;
+    pthread_mutex_lock(&fs->bg_mu);
+    __atomic_store_n(&fs->bg_stop, true, __ATOMIC_RELAXED);
+    pthread_cond_signal(&fs->bg_cv);
+    pthread_mutex_unlock(&fs->bg_mu);
+    pthread_join(fs->bg, NULL);
+    fs->bg_started = false;
+}
