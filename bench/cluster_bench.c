@@ -24,8 +24,6 @@
  * Options and output: docs/PERFORMANCE.md, "Cluster benchmark".
  */
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -39,14 +37,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "base/base.h"
+#include "bench/benchutil.h"
 #include "replica/client.h"
 #include "replica/dvv.h"
 #include "ring/ring.h"
@@ -54,7 +51,6 @@
 #define MAX_NODES 16 /* a quorumfs request names at most 16 replicas */
 #define MAX_LIST 16
 #define MAX_THREADS 1024
-#define MAX_CHILDREN 40
 #define MAX_RESULTS 256
 #define KEY_LEN 16                /* "user" + 12 digits */
 #define MAX_VALUE (1u << 20)      /* etcd refuses requests over 1.5 MiB */
@@ -62,6 +58,7 @@
 #define HTTP_ERR_BASE (-20000)    /* HTTP status s is the code BASE - s */
 #define HTTP_MAX_BODY (64u << 20) /* a longer reply is a protocol error */
 #define READY_KEY "cluster_bench.ready"
+#define HIST_SUB_BITS 6 /* 64 sub-buckets per power of two: within ~1% */
 
 /* ---- configuration --------------------------------------------------------
  */
@@ -120,29 +117,9 @@ typedef struct cfg {
 /* ---- small helpers --------------------------------------------------------
  */
 
-static inline uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static inline uint64_t mix64(uint64_t x) {
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-/* splitmix64: each worker has its own stream. */
-static inline uint64_t rnd_next(uint64_t *s) {
-    *s += 0x9e3779b97f4a7c15ULL;
-    return mix64(*s);
-}
-
-/* Uniform in [0, 1). */
+/* Uniform in [0, 1), from the worker's stream *s. */
 static inline double rnd_unit(uint64_t *s) {
-    return (double)(rnd_next(s) >> 11) * (1.0 / 9007199254740992.0);
+    return (double)(bu_rnd_next(s) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* "user" and the 12 zero-padded decimal digits of n. */
@@ -203,123 +180,10 @@ static uint64_t zipf_next(const zipf *z, uint64_t *rng) {
     return fnv64(item) % z->records;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag,
-                    struct FTW *ftw) {
-    if (remove(path) != 0) perror(path);
-    return 0;
-}
-
-static void rm_rf(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return;
-    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* ---- latency histogram ----------------------------------------------------
- * Values in nanoseconds. Below 128 one bucket per value; above, 64 buckets
- * per power of two, so a bucket is at most 1/64 of its values wide and a
- * percentile interpolated inside it is within about 1%.
+/* ---- errors ----------------------------------------------------------------
+ * Errors are counted by code in a bu_tally (op ""), not fatal. etcd's HTTP
+ * errors keep a sample of the body, which names the cause.
  */
-
-#define H_SUB_BITS 6
-#define H_SUB (1 << H_SUB_BITS)
-#define H_LINEAR (2 * H_SUB)
-#define H_MAX_EXP 42 /* values clamp below 2^42 ns, about 73 minutes */
-#define H_BUCKETS (H_LINEAR + (H_MAX_EXP - H_SUB_BITS - 1) * H_SUB)
-
-typedef struct hist {
-    uint64_t count;
-    uint64_t b[H_BUCKETS];
-} hist;
-
-static inline int hist_index(uint64_t v) {
-    if (v >= (UINT64_C(1) << H_MAX_EXP)) v = (UINT64_C(1) << H_MAX_EXP) - 1;
-    if (v < H_LINEAR) return (int)v;
-    int e = 63 - __builtin_clzll(v); /* >= H_SUB_BITS + 1 */
-    int sub = (int)((v >> (e - H_SUB_BITS)) & (H_SUB - 1));
-    return H_LINEAR + (e - H_SUB_BITS - 1) * H_SUB + sub;
-}
-
-static void hist_bounds(int idx, double *lo, double *hi) {
-    if (idx < H_LINEAR) {
-        *lo = idx;
-        *hi = idx + 1;
-        return;
-    }
-    int e = (idx - H_LINEAR) / H_SUB + H_SUB_BITS + 1;
-    int sub = (idx - H_LINEAR) % H_SUB;
-    *lo = (double)((uint64_t)(H_SUB + sub) << (e - H_SUB_BITS));
-    *hi = (double)((uint64_t)(H_SUB + sub + 1) << (e - H_SUB_BITS));
-}
-
-static inline void hist_add(hist *h, uint64_t ns) {
-    h->b[hist_index(ns)]++;
-    h->count++;
-}
-
-static void hist_merge(hist *into, const hist *h) {
-    into->count += h->count;
-    for (int i = 0; i < H_BUCKETS; i++) into->b[i] += h->b[i];
-}
-
-/* The q-quantile in microseconds, interpolated inside its bucket; NAN for
- * an empty histogram. */
-static double hist_quantile_us(const hist *h, double q) {
-    if (h->count == 0) return NAN;
-    double want = q * (double)h->count, seen = 0;
-    for (int i = 0; i < H_BUCKETS; i++) {
-        if (h->b[i] == 0) continue;
-        if (seen + (double)h->b[i] >= want) {
-            double lo, hi;
-            hist_bounds(i, &lo, &hi);
-            double frac = (want - seen) / (double)h->b[i];
-            return (lo + (hi - lo) * frac) / 1000.0;
-        }
-        seen += (double)h->b[i];
-    }
-    return NAN;
-}
-
-/* ---- error tally ----------------------------------------------------------
- * Errors are counted by code, not fatal. etcd's HTTP errors keep a sample
- * of the body, which names the cause.
- */
-
-#define TALLY_MAX 8
-
-typedef struct tally {
-    int n;
-    struct {
-        int rc;
-        uint64_t count;
-        char sample[120];
-    } e[TALLY_MAX];
-    uint64_t other; /* codes beyond TALLY_MAX distinct ones */
-} tally;
-
-static void tally_add(tally *t, int rc, uint64_t count, const char *sample) {
-    for (int i = 0; i < t->n; i++) {
-        if (t->e[i].rc == rc) {
-            t->e[i].count += count;
-            return;
-        }
-    }
-    if (t->n == TALLY_MAX) {
-        t->other += count;
-        return;
-    }
-    t->e[t->n].rc = rc;
-    t->e[t->n].count = count;
-    snprintf(t->e[t->n].sample, sizeof t->e[t->n].sample, "%s",
-             sample ? sample : "");
-    t->n++;
-}
-
-static void tally_merge(tally *into, const tally *t) {
-    for (int i = 0; i < t->n; i++)
-        tally_add(into, t->e[i].rc, t->e[i].count, t->e[i].sample);
-    into->other += t->other;
-}
 
 static void err_name(int rc, char *buf, size_t len) {
     if (rc <= HTTP_ERR_BASE && rc > HTTP_ERR_BASE - 1000)
@@ -328,152 +192,61 @@ static void err_name(int rc, char *buf, size_t len) {
         snprintf(buf, len, "%s", kv_strerror(rc));
 }
 
+/* A kind of error in JSON: its code's name (bu_tally_name_fn). */
+static void kind_name(const bu_tally *t, int i, char *buf, size_t len) {
+    err_name(t->e[i].code, buf, len);
+}
+
+/* A kind of error in a note: its code's name and its sample, if any. */
+static void kind_text(const bu_tally *t, int i, char *buf, size_t len) {
+    char name[64];
+    err_name(t->e[i].code, name, sizeof name);
+    if (t->e[i].sample[0])
+        snprintf(buf, len, "%s (%s)", name, t->e[i].sample);
+    else
+        snprintf(buf, len, "%s", name);
+}
+
 /* ---- child processes ------------------------------------------------------
  * The signal handler and the atexit hook must reach every child, so the
- * list is process-wide: the program's edge, not a library. It is changed
- * only by the main thread with signals blocked.
+ * table is process-wide: the program's edge, not a library. A child's
+ * group is the system it belongs to. Only the main thread starts and
+ * reaps children.
  */
 
-typedef struct child {
-    volatile pid_t pid; /* 0: free slot, or reaped */
-    int sys;
-    char name[32];
-    char logpath[PATH_MAX];
-} child;
-
-static child g_children[MAX_CHILDREN];
-static atomic_int g_stop;           /* the signal that asked us to stop */
+static bu_procs g_procs = BU_PROCS_INIT;
 static char g_rm_dirs[4][PATH_MAX]; /* removed at exit unless --keep */
 static int g_nrm_dirs;
 
 static void on_signal(int sig) {
-    int expected = 0;
-    bool first = atomic_compare_exchange_strong(&g_stop, &expected, sig);
-    for (int i = 0; i < MAX_CHILDREN; i++) {
-        pid_t p = g_children[i].pid;
-        if (p > 0) kill(-p, first ? SIGTERM : SIGKILL);
-    }
-    if (!first) _exit(128 + sig);
+    bu_procs_signal(&g_procs, sig);
 }
 
 static bool stopping(void) {
-    return atomic_load_explicit(&g_stop, memory_order_relaxed) != 0;
-}
-
-/* Print the last lines of a child's log, to show why it failed. */
-static void print_log_tail(const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    char buf[1536];
-    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : 0;
-    long from = size > (long)sizeof buf - 1 ? size - (long)sizeof buf + 1 : 0;
-    fseek(f, from, SEEK_SET);
-    size_t got = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[got] = '\0';
-    char *p = buf;
-    if (from > 0 && (p = strchr(buf, '\n'))) p++; /* skip a partial line */
-    if (!p) p = buf;
-    fprintf(stderr, "  last lines of '%s':\n", path);
-    for (char *line = strtok(p, "\n"); line; line = strtok(NULL, "\n"))
-        fprintf(stderr, "  | %s\n", line);
-}
-
-static void describe_status(int st, char *buf, size_t len) {
-    if (WIFEXITED(st))
-        snprintf(buf, len, "exit status %d", WEXITSTATUS(st));
-    else if (WIFSIGNALED(st))
-        snprintf(buf, len, "signal %d", WTERMSIG(st));
-    else
-        snprintf(buf, len, "status %d", st);
-}
-
-/* Start argv[0] with stdout and stderr to logpath, stdin from /dev/null,
- * in a process group of its own. Returns the slot, or -1 (reported). */
-static int spawn(int sys, const char *name, char *const argv[],
-                 const char *logpath) {
-    int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        fprintf(stderr, "cluster_bench: cannot create '%s': %s\n", logpath,
-                strerror(errno));
-        return -1;
-    }
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int slot = -1;
-    for (int i = 0; i < MAX_CHILDREN && slot < 0; i++)
-        if (g_children[i].pid == 0) slot = i;
-    pid_t parent = getpid(), pid = -1;
-    if (slot >= 0) pid = fork();
-    if (pid == 0) {
-        /* Only async-signal-safe calls from here to exec. */
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGPIPE, SIG_DFL);
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        int nul = open("/dev/null", O_RDONLY);
-        if (nul >= 0) dup2(nul, 0);
-        execv(argv[0], argv);
-        static const char msg[] = "cluster_bench: exec failed\n";
-        if (write(2, msg, sizeof msg - 1) < 0) _exit(127);
-        _exit(127);
-    }
-    int err = errno;
-    if (pid > 0) {
-        setpgid(pid, pid); /* also here, so no kill can precede it */
-        child *ch = &g_children[slot];
-        ch->sys = sys;
-        snprintf(ch->name, sizeof ch->name, "%s", name);
-        snprintf(ch->logpath, sizeof ch->logpath, "%s", logpath);
-        ch->pid = pid;
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    close(fd);
-    if (slot < 0) {
-        fprintf(stderr, "cluster_bench: too many child processes\n");
-        return -1;
-    }
-    if (pid < 0) {
-        fprintf(stderr, "cluster_bench: cannot fork: %s\n", strerror(err));
-        return -1;
-    }
-    return slot;
-}
-
-static void child_forget(int slot) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    g_children[slot].pid = 0;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return bu_procs_stopping(&g_procs);
 }
 
 /* If the child in slot has exited, reap it, report it (with the end of its
  * log) and return true. */
 static bool child_exited(int slot, const char *when) {
-    child *ch = &g_children[slot];
-    int st;
-    if (ch->pid <= 0 || waitpid(ch->pid, &st, WNOHANG) != ch->pid) return false;
-    char how[64];
-    describe_status(st, how, sizeof how);
-    fprintf(stderr, "cluster_bench: %s '%s' exited (%s) %s\n",
-            sys_names[ch->sys], ch->name, how, when);
-    print_log_tail(ch->logpath);
-    child_forget(slot);
+    const bu_child *ch = &g_procs.c[slot];
+    if (ch->pid <= 0 || !bu_child_exited(&g_procs, slot)) return false;
+    char how[64], name[32], log[PATH_MAX];
+    snprintf(name, sizeof name, "%s", ch->name);
+    snprintf(log, sizeof log, "%s", ch->log);
+    int sys = ch->group;
+    bu_describe_status(bu_child_reap(&g_procs, slot), how, sizeof how);
+    fprintf(stderr, "cluster_bench: %s '%s' exited (%s) %s\n", sys_names[sys],
+            name, how, when);
+    bu_print_log_tail(stderr, log, "  ", 64);
     return true;
 }
 
 /* true if every child of sys still runs; reports those that do not. */
 static bool children_alive(int sys, const char *when) {
     bool ok = true;
-    for (int i = 0; i < MAX_CHILDREN; i++)
-        if (g_children[i].pid > 0 && g_children[i].sys == sys &&
+    for (int i = 0; i < BU_MAX_CHILDREN; i++)
+        if (g_procs.c[i].pid > 0 && g_procs.c[i].group == sys &&
             child_exited(i, when))
             ok = false;
     return ok;
@@ -482,41 +255,14 @@ static bool children_alive(int sys, const char *when) {
 /* Stop the children of sys (every child for sys < 0): SIGTERM to each
  * process group, up to grace_ms for them to exit, then SIGKILL. */
 static void stop_children(int sys, int grace_ms) {
-    bool any = false;
-    for (int i = 0; i < MAX_CHILDREN; i++) {
-        child *ch = &g_children[i];
-        if (ch->pid > 0 && (sys < 0 || ch->sys == sys)) {
-            kill(-ch->pid, SIGTERM);
-            any = true;
-        }
-    }
-    if (!any) return;
-    uint64_t deadline = now_ns() + (uint64_t)grace_ms * 1000000u;
-    for (;;) {
-        bool left = false;
-        for (int i = 0; i < MAX_CHILDREN; i++) {
-            child *ch = &g_children[i];
-            if (ch->pid <= 0 || (sys >= 0 && ch->sys != sys)) continue;
-            int st;
-            pid_t r = waitpid(ch->pid, &st, WNOHANG);
-            if (r == ch->pid || (r < 0 && errno == ECHILD))
-                child_forget(i);
-            else
-                left = true;
-        }
-        if (!left) return;
-        if (now_ns() >= deadline) break;
-        struct timespec ts = {0, 20 * 1000000};
-        nanosleep(&ts, NULL);
-    }
-    for (int i = 0; i < MAX_CHILDREN; i++) {
-        child *ch = &g_children[i];
-        if (ch->pid <= 0 || (sys >= 0 && ch->sys != sys)) continue;
+    if (bu_procs_terminate(&g_procs, sys, grace_ms) == 0) return;
+    for (int i = 0; i < BU_MAX_CHILDREN; i++) {
+        const bu_child *ch = &g_procs.c[i];
+        if (ch->pid <= 0 || (sys >= 0 && ch->group != sys)) continue;
         fprintf(stderr, "cluster_bench: %s '%s' did not stop; killing it\n",
-                sys_names[ch->sys], ch->name);
-        kill(-ch->pid, SIGKILL);
-        waitpid(ch->pid, NULL, 0);
-        child_forget(i);
+                sys_names[ch->group], ch->name);
+        bool killed;
+        bu_child_stop(&g_procs, i, 0, &killed);
     }
 }
 
@@ -526,7 +272,7 @@ static bool g_keep;
 static void cleanup(void) {
     stop_children(-1, 5000);
     if (!g_keep)
-        for (int i = 0; i < g_nrm_dirs; i++) rm_rf(g_rm_dirs[i]);
+        for (int i = 0; i < g_nrm_dirs; i++) bu_rm_rf(g_rm_dirs[i]);
     g_nrm_dirs = 0;
 }
 
@@ -570,25 +316,10 @@ static int port_alloc(const cfg *c) {
     return -1;
 }
 
-/* snprintf that reports truncation: 0, or -1 (reported) for a path too
- * long for out. */
-static int fmt_path(char *out, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fmt_path(char *out, size_t len, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(out, len, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= len) {
-        fprintf(stderr, "cluster_bench: path too long: '%s...'\n", out);
-        return -1;
-    }
-    return 0;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
+/* Report a path that bu_path_fmt cut short (out holds its start). -1. */
+static int too_long(const char *out) {
+    fprintf(stderr, "cluster_bench: path too long: '%s...'\n", out);
+    return -1;
 }
 
 /* ---- systems --------------------------------------------------------------
@@ -628,7 +359,7 @@ struct sysctx {
 
 static int wait_fd(int fd, short events, uint64_t deadline) {
     for (;;) {
-        uint64_t t = now_ns();
+        uint64_t t = bu_now_ns();
         if (t >= deadline) return KV_ETIMEDOUT;
         struct pollfd p = {.fd = fd, .events = events};
         int ms = (int)KV_MIN((deadline - t) / 1000000u + 1, 60000u);
@@ -937,7 +668,7 @@ static int http_read_reply(http_conn *h, uint64_t deadline, bool *close_after) {
  * new one). */
 static int http_call(http_conn *h, const char *method, const char *path,
                      const char *body, size_t blen) {
-    uint64_t deadline = now_ns() + (uint64_t)h->timeout_ms * 1000000u;
+    uint64_t deadline = bu_now_ns() + (uint64_t)h->timeout_ms * 1000000u;
     int rc = 0;
     if (h->fd < 0 && (rc = http_connect(h, deadline))) return rc;
     char head[256];
@@ -1044,7 +775,7 @@ static int e_open(const sysctx *s, int idx, void **out) {
     if (!e) return -ENOMEM;
     http_init(&e->h, s->ep.addr[idx % s->ep.n], s->c->timeout_ms);
     kv_buf_init(&e->req);
-    uint64_t deadline = now_ns() + (uint64_t)s->c->timeout_ms * 1000000u;
+    uint64_t deadline = bu_now_ns() + (uint64_t)s->c->timeout_ms * 1000000u;
     int rc = http_connect(&e->h, deadline);
     if (rc) {
         e_close(e);
@@ -1090,16 +821,50 @@ static const sys_ops etcd_ops = {e_open, e_close, e_read, e_write, e_errtext};
 /* ---- starting clusters ----------------------------------------------------
  */
 
-static double secs_since(uint64_t t0) {
-    return (double)(now_ns() - t0) / 1e9;
-}
-
 static bool members_alive(sysctx *s, const char *when) {
     bool ok = children_alive(s->id, when);
     int live = 0;
     for (int i = 0; i < s->nslots; i++)
-        if (g_children[s->slots[i]].pid > 0) live++;
+        if (g_procs.c[s->slots[i]].pid > 0) live++;
     return ok && live == s->nslots;
+}
+
+/* Use the running cluster at list (n endpoints, from the command line):
+ * copy its endpoints into s and say so. */
+static void use_running(sysctx *s, char *const *list, int n) {
+    s->ep.n = n;
+    for (int i = 0; i < n; i++)
+        snprintf(s->ep.addr[i], sizeof s->ep.addr[i], "%s", list[i]);
+    fprintf(stderr, "%s: using the running cluster %s", sys_names[s->id],
+            list[0]);
+    for (int i = 1; i < n; i++) fprintf(stderr, ",%s", list[i]);
+    fprintf(stderr, "\n");
+}
+
+/* Make base (PATH_MAX bytes) the fresh directory <--dir>/<system> for the
+ * members' data and logs, removed at exit unless --keep. 0, or -1 after
+ * reporting. */
+static int make_base(const sysctx *s, char *base) {
+    if (bu_path_fmt(base, PATH_MAX, "%s/%s", s->c->dir, sys_names[s->id]))
+        return too_long(base);
+    bu_rm_rf(base);
+    if (mkdir(base, 0755) != 0) {
+        fprintf(stderr, "cluster_bench: cannot create '%s': %s\n", base,
+                strerror(errno));
+        return -1;
+    }
+    remove_at_exit(base);
+    return 0;
+}
+
+/* The data directory and the log of member name under base, into data and
+ * logpath (PATH_MAX bytes each). 0, or -1 after reporting. */
+static int member_paths(const char *base, const char *name, char *data,
+                        char *logpath) {
+    if (bu_path_fmt(data, PATH_MAX, "%s/%s", base, name)) return too_long(data);
+    if (bu_path_fmt(logpath, PATH_MAX, "%s/%s.log", base, name))
+        return too_long(logpath);
+    return 0;
 }
 
 /* Wait until addr accepts a quorumfs client, or its process exits. */
@@ -1113,8 +878,8 @@ static int q_wait_listening(sysctx *s, const char *addr, uint64_t deadline) {
             rep_client_close(cl);
             return 0;
         }
-        if (now_ns() >= deadline) break;
-        sleep_ms(50);
+        if (bu_now_ns() >= deadline) break;
+        bu_sleep_ms(50);
     }
     fprintf(stderr, "cluster_bench: quorumfs node at %s not answering: %s\n",
             addr, kv_strerror(rc));
@@ -1180,7 +945,7 @@ static int q_wait_ready(sysctx *s, uint64_t deadline) {
             snprintf(why, sizeof why,
                      "ring version %" PRIu64 ", %s has %" PRIu64, v,
                      s->ep.addr[0], first);
-        if (now_ns() >= deadline) {
+        if (bu_now_ns() >= deadline) {
             fprintf(stderr,
                     "cluster_bench: quorumfs cluster not ready after %.0f s: "
                     "%s wants %s%d members serving and no move, has: %s\n",
@@ -1189,35 +954,21 @@ static int q_wait_ready(sysctx *s, uint64_t deadline) {
             return -1;
         }
         at = 0;
-        sleep_ms(100);
+        bu_sleep_ms(100);
     }
     return at == k ? 0 : -1;
 }
 
 static int q_start(sysctx *s) {
     const cfg *c = s->c;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bu_now_ns();
     uint64_t deadline = t0 + (uint64_t)(c->ready_timeout * 1e9);
     if (c->ncluster) {
-        s->ep.n = c->ncluster;
-        for (int i = 0; i < c->ncluster; i++)
-            snprintf(s->ep.addr[i], sizeof s->ep.addr[i], "%s", c->cluster[i]);
-        fprintf(stderr, "quorumfs: using the running cluster %s",
-                c->cluster[0]);
-        for (int i = 1; i < c->ncluster; i++)
-            fprintf(stderr, ",%s", c->cluster[i]);
-        fprintf(stderr, "\n");
+        use_running(s, c->cluster, c->ncluster);
         return q_wait_ready(s, deadline);
     }
     char base[PATH_MAX];
-    if (fmt_path(base, sizeof base, "%s/quorumfs", c->dir)) return -1;
-    rm_rf(base);
-    if (mkdir(base, 0755) != 0) {
-        fprintf(stderr, "cluster_bench: cannot create '%s': %s\n", base,
-                strerror(errno));
-        return -1;
-    }
-    remove_at_exit(base);
+    if (make_base(s, base)) return -1;
     fprintf(stderr, "quorumfs: starting %d node%s (%s) in %s\n", c->nodes,
             c->nodes > 1 ? "s" : "", c->qbin, base);
     for (int i = 0; i < c->nodes; i++) {
@@ -1226,9 +977,7 @@ static int q_start(sysctx *s) {
         char name[16], data[PATH_MAX], logpath[PATH_MAX];
         snprintf(name, sizeof name, "n%d", i + 1);
         snprintf(s->ep.addr[i], sizeof s->ep.addr[i], "127.0.0.1:%d", port);
-        if (fmt_path(data, sizeof data, "%s/%s", base, name) ||
-            fmt_path(logpath, sizeof logpath, "%s/%s.log", base, name))
-            return -1;
+        if (member_paths(base, name, data, logpath)) return -1;
         char *argv[14 + KV_ARRAY_LEN(c->node_args)];
         int a = 0;
         argv[a++] = (char *)c->qbin;
@@ -1251,7 +1000,7 @@ static int q_start(sysctx *s) {
         for (int k = 0; k < c->nnode_args; k++)
             argv[a++] = (char *)c->node_args[k];
         argv[a] = NULL;
-        int slot = spawn(s->id, name, argv, logpath);
+        int slot = bu_spawn(&g_procs, s->id, 0, name, argv, logpath, logpath);
         if (slot < 0) return -1;
         s->slots[s->nslots++] = slot;
         s->ep.n = i + 1;
@@ -1261,7 +1010,7 @@ static int q_start(sysctx *s) {
     }
     if (q_wait_ready(s, deadline)) return -1;
     fprintf(stderr, "quorumfs: %d node%s ready in %.1f s\n", c->nodes,
-            c->nodes > 1 ? "s" : "", secs_since(t0));
+            c->nodes > 1 ? "s" : "", bu_secs_since(t0));
     return 0;
 }
 
@@ -1291,14 +1040,14 @@ static int e_wait_ready(sysctx *s, uint64_t deadline) {
             i++;
             continue;
         }
-        if (now_ns() >= deadline) {
+        if (bu_now_ns() >= deadline) {
             fprintf(stderr,
                     "cluster_bench: etcd member %s not healthy after %.0f s: "
                     "%s\n",
                     s->ep.addr[i], s->c->ready_timeout, why);
             return -1;
         }
-        sleep_ms(100);
+        bu_sleep_ms(100);
     }
     if (stopping()) return -1;
     /* One write through the gateway proves the path the workers use. */
@@ -1321,27 +1070,14 @@ static int e_wait_ready(sysctx *s, uint64_t deadline) {
 
 static int e_start(sysctx *s) {
     const cfg *c = s->c;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bu_now_ns();
     uint64_t deadline = t0 + (uint64_t)(c->ready_timeout * 1e9);
     if (c->netcd_eps) {
-        s->ep.n = c->netcd_eps;
-        for (int i = 0; i < c->netcd_eps; i++)
-            snprintf(s->ep.addr[i], sizeof s->ep.addr[i], "%s", c->etcd_eps[i]);
-        fprintf(stderr, "etcd: using the running cluster %s", c->etcd_eps[0]);
-        for (int i = 1; i < c->netcd_eps; i++)
-            fprintf(stderr, ",%s", c->etcd_eps[i]);
-        fprintf(stderr, "\n");
+        use_running(s, c->etcd_eps, c->netcd_eps);
         return e_wait_ready(s, deadline);
     }
     char base[PATH_MAX];
-    if (fmt_path(base, sizeof base, "%s/etcd", c->dir)) return -1;
-    rm_rf(base);
-    if (mkdir(base, 0755) != 0) {
-        fprintf(stderr, "cluster_bench: cannot create '%s': %s\n", base,
-                strerror(errno));
-        return -1;
-    }
-    remove_at_exit(base);
+    if (make_base(s, base)) return -1;
     int k = c->etcd_nodes, peer[MAX_NODES];
     char initial[MAX_NODES * 48] = "";
     for (int i = 0; i < k; i++) {
@@ -1359,9 +1095,7 @@ static int e_start(sysctx *s) {
     for (int i = 0; i < k; i++) {
         char name[16], data[PATH_MAX], logpath[PATH_MAX], curl[64], purl[64];
         snprintf(name, sizeof name, "e%d", i + 1);
-        if (fmt_path(data, sizeof data, "%s/%s", base, name) ||
-            fmt_path(logpath, sizeof logpath, "%s/%s.log", base, name))
-            return -1;
+        if (member_paths(base, name, data, logpath)) return -1;
         snprintf(curl, sizeof curl, "http://%s", s->ep.addr[i]);
         snprintf(purl, sizeof purl, "http://127.0.0.1:%d", peer[i]);
         char *argv[] = {
@@ -1376,13 +1110,13 @@ static int e_start(sysctx *s) {
              * 5 minutes); the quota stays at its default. */
             "--auto-compaction-mode", "periodic", "--auto-compaction-retention",
             "1m", "--logger", "zap", "--log-level", "warn", NULL};
-        int slot = spawn(s->id, name, argv, logpath);
+        int slot = bu_spawn(&g_procs, s->id, 0, name, argv, logpath, logpath);
         if (slot < 0) return -1;
         s->slots[s->nslots++] = slot;
     }
     if (e_wait_ready(s, deadline)) return -1;
     fprintf(stderr, "etcd: %d member%s ready in %.1f s\n", k, k > 1 ? "s" : "",
-            secs_since(t0));
+            bu_secs_since(t0));
     return 0;
 }
 
@@ -1411,28 +1145,28 @@ typedef struct worker {
     void *conn;
     uint64_t rng;
     kv_buf ctx;
-    hist *all, *rd, *up;
-    tally errs;
+    bu_hist *all, *rd, *up;
+    bu_tally errs;
     uint64_t ok, reads, updates, errors, not_found, sib_reads, max_sib;
     uint64_t unsent;
 } worker;
 
 static void worker_reset(worker *w) {
-    memset(w->all, 0, sizeof *w->all);
-    memset(w->rd, 0, sizeof *w->rd);
-    memset(w->up, 0, sizeof *w->up);
+    bu_hist_reset(w->all);
+    bu_hist_reset(w->rd);
+    bu_hist_reset(w->up);
     memset(&w->errs, 0, sizeof w->errs);
     w->ok = w->reads = w->updates = w->errors = w->not_found = 0;
     w->sib_reads = w->max_sib = w->unsent = 0;
 }
 
 static kv_slice value_pick(worker *w) {
-    size_t off = (size_t)(rnd_next(&w->rng) % VALUE_POOL);
+    size_t off = (size_t)(bu_rnd_next(&w->rng) % VALUE_POOL);
     return kv_slice_make(w->values + off, w->c->value_size);
 }
 
 static uint64_t key_pick(worker *w) {
-    if (w->c->uniform) return rnd_next(&w->rng) % w->c->records;
+    if (w->c->uniform) return bu_rnd_next(&w->rng) % w->c->records;
     return zipf_next(w->z, &w->rng);
 }
 
@@ -1472,17 +1206,17 @@ static op_res do_op(worker *w, const workload *wl) {
 static void account(worker *w, const op_res *r, uint64_t lat_ns) {
     if (r->rc) {
         w->errors++;
-        tally_add(&w->errs, r->rc, 1, w->sys->ops->errtext(w->conn));
+        bu_tally_add(&w->errs, "", r->rc, 1, w->sys->ops->errtext(w->conn));
         return;
     }
     w->ok++;
-    hist_add(w->all, lat_ns);
+    bu_hist_add(w->all, lat_ns);
     if (r->read) {
         w->reads++;
-        hist_add(w->rd, lat_ns);
+        bu_hist_add(w->rd, lat_ns);
     } else {
         w->updates++;
-        hist_add(w->up, lat_ns);
+        bu_hist_add(w->up, lat_ns);
     }
     w->not_found += r->not_found;
     if (r->siblings > 1) w->sib_reads++;
@@ -1492,7 +1226,7 @@ static void account(worker *w, const op_res *r, uint64_t lat_ns) {
 /* Sleep until monotonic time t (or a stop request). */
 static void sleep_until(uint64_t t) {
     while (!stopping()) {
-        uint64_t n = now_ns();
+        uint64_t n = bu_now_ns();
         if (n >= t) return;
         uint64_t until = KV_MIN(t, n + 100000000u); /* check stop each 0.1 s */
         struct timespec ts = {(time_t)(until / 1000000000u),
@@ -1511,37 +1245,37 @@ static void *worker_main(void *arg) {
             uint64_t i = atomic_fetch_add(&r->next, 1);
             if (i >= c->records) break;
             key_format(key, i);
-            uint64_t t = now_ns();
+            uint64_t t = bu_now_ns();
             op_res res = {0};
             res.rc = w->sys->ops->write(w->conn, key, kv_slice_make(NULL, 0),
                                         value_pick(w));
-            account(w, &res, now_ns() - t);
+            account(w, &res, bu_now_ns() - t);
         }
     } else if (r->mode == RUN_CLOSED) {
         sleep_until(r->t0);
         while (!stopping()) {
-            uint64_t t = now_ns();
+            uint64_t t = bu_now_ns();
             if (t >= r->end) break;
             op_res res = do_op(w, r->wl);
-            if (t >= r->measure_start) account(w, &res, now_ns() - t);
+            if (t >= r->measure_start) account(w, &res, bu_now_ns() - t);
         }
     } else {
         while (!stopping()) {
             uint64_t i = atomic_fetch_add(&r->next, 1);
             uint64_t t = r->t0 + (uint64_t)((double)i * r->interval_ns);
             if (t >= r->end) break;
-            if (now_ns() >= r->end) {
+            if (bu_now_ns() >= r->end) {
                 /* Due before the end, never started: it waited at least
                  * until the end. */
                 if (t >= r->measure_start) {
-                    hist_add(w->all, r->end - t);
+                    bu_hist_add(w->all, r->end - t);
                     w->unsent++;
                 }
                 break;
             }
             sleep_until(t);
             op_res res = do_op(w, r->wl);
-            if (t >= r->measure_start) account(w, &res, now_ns() - t);
+            if (t >= r->measure_start) account(w, &res, bu_now_ns() - t);
         }
     }
     return NULL;
@@ -1560,7 +1294,7 @@ typedef struct result {
     uint64_t ops, reads, updates, errors, not_found, sib_reads, max_sib;
     uint64_t unsent;
     double p50, p99, p999, rp50, rp99, up50, up99;
-    tally errs;
+    bu_tally errs;
     int nodes;
 } result;
 
@@ -1568,27 +1302,6 @@ typedef struct results {
     result r[MAX_RESULTS];
     int n;
 } results;
-
-static void json_num(const char *name, double v) {
-    if (isnan(v) || isinf(v))
-        printf(",\"%s\":null", name);
-    else
-        printf(",\"%s\":%.6g", name, v);
-}
-
-static void json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
-}
 
 static const char *durability(const cfg *c, int sys) {
     if (sys == SYS_ETCD) return "etcd wal fsync per raft batch";
@@ -1600,31 +1313,23 @@ static void print_json(const cfg *c, const result *r) {
     printf("{\"system\":\"%s\",\"workload\":\"%s\",\"loop\":\"%s\"",
            sys_names[r->sys], r->workload,
            r->mode == RUN_OPEN ? "open" : "closed");
-    json_num("offered_rate", r->mode == RUN_OPEN ? r->offered : NAN);
-    json_num("peak_fraction", r->pct ? r->pct / 100.0 : NAN);
+    bu_json_num(stdout, "offered_rate", r->mode == RUN_OPEN ? r->offered : NAN);
+    bu_json_num(stdout, "peak_fraction", r->pct ? r->pct / 100.0 : NAN);
     printf(",\"ops\":%" PRIu64, r->ops);
-    json_num("seconds", r->secs);
-    json_num("ops_per_sec", r->ops_per_sec);
-    json_num("p50_us", r->p50);
-    json_num("p99_us", r->p99);
-    json_num("p999_us", r->p999);
+    bu_json_num(stdout, "seconds", r->secs);
+    bu_json_num(stdout, "ops_per_sec", r->ops_per_sec);
+    bu_json_num(stdout, "p50_us", r->p50);
+    bu_json_num(stdout, "p99_us", r->p99);
+    bu_json_num(stdout, "p999_us", r->p999);
     printf(",\"read_ops\":%" PRIu64, r->reads);
-    json_num("read_p50_us", r->rp50);
-    json_num("read_p99_us", r->rp99);
+    bu_json_num(stdout, "read_p50_us", r->rp50);
+    bu_json_num(stdout, "read_p99_us", r->rp99);
     printf(",\"update_ops\":%" PRIu64, r->updates);
-    json_num("update_p50_us", r->up50);
-    json_num("update_p99_us", r->up99);
-    printf(",\"errors\":%" PRIu64 ",\"error_kinds\":{", r->errors);
-    for (int i = 0; i < r->errs.n; i++) {
-        char name[64];
-        err_name(r->errs.e[i].rc, name, sizeof name);
-        printf("%s", i ? "," : "");
-        json_str(name);
-        printf(":%" PRIu64, r->errs.e[i].count);
-    }
-    if (r->errs.other)
-        printf("%s\"other\":%" PRIu64, r->errs.n ? "," : "", r->errs.other);
-    printf("},\"not_found\":%" PRIu64, r->not_found);
+    bu_json_num(stdout, "update_p50_us", r->up50);
+    bu_json_num(stdout, "update_p99_us", r->up99);
+    printf(",\"errors\":%" PRIu64 ",\"error_kinds\":", r->errors);
+    bu_tally_json(stdout, &r->errs, kind_name);
+    printf(",\"not_found\":%" PRIu64, r->not_found);
     if (r->sys == SYS_QUORUMFS)
         printf(",\"siblings\":%" PRIu64 ",\"max_siblings\":%" PRIu64,
                r->sib_reads, r->max_sib);
@@ -1642,8 +1347,9 @@ static void print_json(const cfg *c, const result *r) {
            "\"records\":%" PRIu64,
            durability(c, r->sys), c->uniform ? "uniform" : "zipfian",
            c->value_size, c->records);
-    json_num("duration", r->mode == RUN_LOAD ? r->secs : c->duration);
-    json_num("warmup", r->mode == RUN_LOAD ? 0 : c->warmup);
+    bu_json_num(stdout, "duration",
+                r->mode == RUN_LOAD ? r->secs : c->duration);
+    bu_json_num(stdout, "warmup", r->mode == RUN_LOAD ? 0 : c->warmup);
     printf("}\n");
 }
 
@@ -1652,13 +1358,6 @@ static const char *row_fmt = "%-9s %-8s %13s %10s %10s %10s %10s %7s %8s %8s\n";
 static void print_row_header(void) {
     printf(row_fmt, "system", "workload", "offered_rate", "ops/s", "p50_us",
            "p99_us", "p99.9_us", "errors", "siblings", "unsent");
-}
-
-static void fmt_us(char *b, size_t n, double v) {
-    if (isnan(v))
-        snprintf(b, n, "-");
-    else
-        snprintf(b, n, "%.1f", v);
 }
 
 static void print_row(const result *r) {
@@ -1673,9 +1372,9 @@ static void print_row(const result *r) {
     else
         snprintf(off, sizeof off, "%.0f", r->offered);
     snprintf(ops, sizeof ops, "%.0f", r->ops_per_sec);
-    fmt_us(p50, sizeof p50, r->p50);
-    fmt_us(p99, sizeof p99, r->p99);
-    fmt_us(p999, sizeof p999, r->p999);
+    bu_fmt_num(p50, sizeof p50, r->p50, "%.1f");
+    bu_fmt_num(p99, sizeof p99, r->p99, "%.1f");
+    bu_fmt_num(p999, sizeof p999, r->p999, "%.1f");
     snprintf(err, sizeof err, "%" PRIu64, r->errors);
     if (r->sys == SYS_QUORUMFS)
         snprintf(sib, sizeof sib, "%" PRIu64, r->sib_reads);
@@ -1690,15 +1389,7 @@ static void print_row(const result *r) {
 static void print_row_notes(FILE *f, const result *r) {
     if (r->errors) {
         fprintf(f, "    errors:");
-        for (int i = 0; i < r->errs.n; i++) {
-            char name[64];
-            err_name(r->errs.e[i].rc, name, sizeof name);
-            fprintf(f, "%s %" PRIu64 " x %s", i ? "," : "", r->errs.e[i].count,
-                    name);
-            if (r->errs.e[i].sample[0])
-                fprintf(f, " (%s)", r->errs.e[i].sample);
-        }
-        if (r->errs.other) fprintf(f, ", %" PRIu64 " x other", r->errs.other);
+        bu_tally_print(f, &r->errs, kind_text);
         fprintf(f, "\n");
     }
     if (r->not_found)
@@ -1736,7 +1427,7 @@ typedef struct bench {
     const cfg *c;
     sysctx *sys;
     worker *ws;
-    hist *all, *rd, *up; /* merged */
+    bu_hist *all, *rd, *up; /* merged */
 } bench;
 
 /* Run r on every worker and fill res. */
@@ -1748,29 +1439,29 @@ static int run_workers(bench *b, run_spec *r, result *res) {
         worker_reset(w);
         w->run = r;
     }
-    uint64_t t_start = now_ns();
+    uint64_t t_start = bu_now_ns();
     for (int i = 0; i < c->threads; i++) {
         if (pthread_create(&b->ws[i].thread, NULL, worker_main, &b->ws[i])) {
             fprintf(stderr, "cluster_bench: cannot start a thread\n");
-            atomic_store(&g_stop, SIGTERM);
+            bu_procs_request_stop(&g_procs, SIGTERM);
             rc = -1;
             break;
         }
         started++;
     }
     for (int i = 0; i < started; i++) pthread_join(b->ws[i].thread, NULL);
-    uint64_t t_end = now_ns();
+    uint64_t t_end = bu_now_ns();
 
-    memset(b->all, 0, sizeof *b->all);
-    memset(b->rd, 0, sizeof *b->rd);
-    memset(b->up, 0, sizeof *b->up);
+    bu_hist_reset(b->all);
+    bu_hist_reset(b->rd);
+    bu_hist_reset(b->up);
     memset(res, 0, sizeof *res);
     for (int i = 0; i < c->threads; i++) {
         worker *w = &b->ws[i];
-        hist_merge(b->all, w->all);
-        hist_merge(b->rd, w->rd);
-        hist_merge(b->up, w->up);
-        tally_merge(&res->errs, &w->errs);
+        bu_hist_merge(b->all, w->all);
+        bu_hist_merge(b->rd, w->rd);
+        bu_hist_merge(b->up, w->up);
+        bu_tally_merge(&res->errs, &w->errs);
         res->ops += w->ok;
         res->reads += w->reads;
         res->updates += w->updates;
@@ -1787,7 +1478,7 @@ static int run_workers(bench *b, run_spec *r, result *res) {
             uint64_t t = r->t0 + (uint64_t)((double)j * r->interval_ns);
             if (t >= r->end) break;
             if (t >= r->measure_start) {
-                hist_add(b->all, r->end - t);
+                bu_hist_add(b->all, r->end - t);
                 res->unsent++;
             }
         }
@@ -1799,19 +1490,19 @@ static int run_workers(bench *b, run_spec *r, result *res) {
     res->secs = r->mode == RUN_LOAD ? (double)(t_end - t_start) / 1e9
                                     : (double)(r->end - r->measure_start) / 1e9;
     res->ops_per_sec = res->secs > 0 ? (double)res->ops / res->secs : 0;
-    res->p50 = hist_quantile_us(b->all, 0.50);
-    res->p99 = hist_quantile_us(b->all, 0.99);
-    res->p999 = hist_quantile_us(b->all, 0.999);
-    res->rp50 = hist_quantile_us(b->rd, 0.50);
-    res->rp99 = hist_quantile_us(b->rd, 0.99);
-    res->up50 = hist_quantile_us(b->up, 0.50);
-    res->up99 = hist_quantile_us(b->up, 0.99);
+    res->p50 = bu_hist_quantile_us(b->all, 0.50);
+    res->p99 = bu_hist_quantile_us(b->all, 0.99);
+    res->p999 = bu_hist_quantile_us(b->all, 0.999);
+    res->rp50 = bu_hist_quantile_us(b->rd, 0.50);
+    res->rp99 = bu_hist_quantile_us(b->rd, 0.99);
+    res->up50 = bu_hist_quantile_us(b->up, 0.50);
+    res->up99 = bu_hist_quantile_us(b->up, 0.99);
     return rc;
 }
 
 static void run_times(const cfg *c, run_spec *r) {
     /* Start a little ahead, so every thread is up before the first slot. */
-    r->t0 = now_ns() + 50000000u;
+    r->t0 = bu_now_ns() + 50000000u;
     r->measure_start = r->t0 + (uint64_t)(c->warmup * 1e9);
     r->end = r->measure_start + (uint64_t)(c->duration * 1e9);
 }
@@ -1835,16 +1526,16 @@ static int bench_system(const cfg *c, int id, results *rs) {
     if ((id == SYS_QUORUMFS ? q_start(&s) : e_start(&s)) != 0) goto out;
     values = malloc(VALUE_POOL + c->value_size);
     b.ws = calloc((size_t)c->threads, sizeof *b.ws);
-    b.all = calloc(1, sizeof *b.all);
-    b.rd = calloc(1, sizeof *b.rd);
-    b.up = calloc(1, sizeof *b.up);
+    b.all = bu_hist_new(HIST_SUB_BITS);
+    b.rd = bu_hist_new(HIST_SUB_BITS);
+    b.up = bu_hist_new(HIST_SUB_BITS);
     if (!values || !b.ws || !b.all || !b.rd || !b.up) {
         fprintf(stderr, "cluster_bench: out of memory\n");
         goto out;
     }
     uint64_t vs = c->seed ^ 0x5eed;
     for (size_t i = 0; i < VALUE_POOL + c->value_size; i++)
-        values[i] = (uint8_t)rnd_next(&vs);
+        values[i] = (uint8_t)bu_rnd_next(&vs);
     for (int i = 0; i < c->threads; i++) {
         worker *w = &b.ws[i];
         w->idx = i;
@@ -1852,11 +1543,11 @@ static int bench_system(const cfg *c, int id, results *rs) {
         w->sys = &s;
         w->z = &z;
         w->values = values;
-        w->rng = mix64(c->seed * 1000003u + (uint64_t)i + 1);
+        w->rng = bu_mix64(c->seed * 1000003u + (uint64_t)i + 1);
         kv_buf_init(&w->ctx);
-        w->all = calloc(1, sizeof *w->all);
-        w->rd = calloc(1, sizeof *w->rd);
-        w->up = calloc(1, sizeof *w->up);
+        w->all = bu_hist_new(HIST_SUB_BITS);
+        w->rd = bu_hist_new(HIST_SUB_BITS);
+        w->up = bu_hist_new(HIST_SUB_BITS);
         if (!w->all || !w->rd || !w->up) {
             fprintf(stderr, "cluster_bench: out of memory\n");
             goto out;
@@ -1925,15 +1616,15 @@ out:
             worker *w = &b.ws[i];
             if (w->conn) s.ops->close(w->conn);
             kv_buf_release(&w->ctx);
-            free(w->all);
-            free(w->rd);
-            free(w->up);
+            bu_hist_free(w->all);
+            bu_hist_free(w->rd);
+            bu_hist_free(w->up);
         }
     }
     free(b.ws);
-    free(b.all);
-    free(b.rd);
-    free(b.up);
+    bu_hist_free(b.all);
+    bu_hist_free(b.rd);
+    bu_hist_free(b.up);
     free(values);
     if (s.nslots) {
         fprintf(stderr, "%s: stopping\n", sys_names[id]);
@@ -2155,41 +1846,6 @@ static void usage(FILE *f) {
         "docs/PERFORMANCE.md.\n");
 }
 
-static int bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int bad(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "cluster_bench: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\ntry 'cluster_bench --help'\n");
-    va_end(ap);
-    return -1;
-}
-
-static int parse_u64(const char *s, uint64_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || !*s || s[0] == '-') return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_int(const char *s, int lo, int hi, int *out) {
-    uint64_t v;
-    if (parse_u64(s, &v) || v < (uint64_t)lo || v > (uint64_t)hi) return -1;
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_secs(const char *s, double lo, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || end == s || !(v >= lo) || v > 86400) return -1;
-    *out = v;
-    return 0;
-}
-
 /* Split a comma list (a copy the cfg owns) into up to max items. */
 static int split_list(cfg *c, const char *s, char **items, int max) {
     if (c->nto_free == (int)KV_ARRAY_LEN(c->to_free)) return -1;
@@ -2203,54 +1859,6 @@ static int split_list(cfg *c, const char *s, char **items, int max) {
         items[n++] = t;
     }
     return n > 0 ? n : -1;
-}
-
-/* An executable file at path? */
-static bool executable(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode) &&
-           access(path, X_OK) == 0;
-}
-
-/* name on PATH into out; false if absent. */
-static bool find_on_path(const char *name, char *out, size_t len) {
-    const char *path = getenv("PATH");
-    if (!path) path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        const char *colon = strchr(path, ':');
-        size_t l = colon ? (size_t)(colon - path) : strlen(path);
-        snprintf(out, len, "%.*s/%s", (int)l, path, name);
-        if (l && executable(out)) return true;
-        path += l + (colon ? 1 : 0);
-    }
-    out[0] = '\0';
-    return false;
-}
-
-/* The quorumfs binary of this build tree: next to this program
- * (bench/quorumfs) or one level up (bench/../quorumfs), else on PATH. */
-static bool find_quorumfs(char *out, size_t len) {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n > 0) {
-        self[n] = '\0';
-        char *slash = strrchr(self, '/');
-        if (slash) {
-            *slash = '\0';
-            if (fmt_path(out, len, "%s/quorumfs", self) == 0 && executable(out))
-                return true;
-            if (fmt_path(out, len, "%s/../quorumfs", self) == 0 &&
-                executable(out)) {
-                char *real = realpath(out, NULL);
-                if (real) {
-                    snprintf(out, len, "%s", real);
-                    free(real);
-                }
-                return true;
-            }
-        }
-    }
-    return find_on_path("quorumfs", out, len);
 }
 
 static int parse_args(int argc, char **argv, cfg *c) {
@@ -2274,70 +1882,57 @@ static int parse_args(int argc, char **argv, cfg *c) {
     c->ready_timeout = 30;
     c->seed = 1;
     bool qbin_set = false;
+    static const char *const flags[] = {"--sync", "--keep", "--json",
+                                        "--no-load", NULL};
+    static const char *const with_value[] = {"--systems",
+                                             "--nodes",
+                                             "--cluster",
+                                             "--quorumfs",
+                                             "--node-arg",
+                                             "-n",
+                                             "-r",
+                                             "-w",
+                                             "--update",
+                                             "--etcd",
+                                             "--etcd-nodes",
+                                             "--etcd-endpoints",
+                                             "--workloads",
+                                             "--rates",
+                                             "--auto-points",
+                                             "--duration",
+                                             "--warmup",
+                                             "--threads",
+                                             "--records",
+                                             "--value-size",
+                                             "--distribution",
+                                             "--timeout-ms",
+                                             "--ready-timeout",
+                                             "--dir",
+                                             "--base-port",
+                                             "--seed",
+                                             NULL};
+
+    static const bu_opt_spec spec = {flags, with_value, usage};
 
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = NULL;
-        char name[64];
-        const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
-        if (eq) {
-            snprintf(name, sizeof name, "%.*s", (int)(eq - a), a);
-            a = name;
-            v = eq + 1;
-        }
+        bu_opt o;
+        if (bu_opt_next(&spec, argc, argv, &i, &o)) return -1;
+        const char *a = o.name, *v = o.value;
         /* Flags without a value. */
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            exit(0);
-        }
         bool *flag = !strcmp(a, "--sync")      ? &c->sync
                      : !strcmp(a, "--keep")    ? &c->keep
                      : !strcmp(a, "--json")    ? &c->json
                      : !strcmp(a, "--no-load") ? &c->load
                                                : NULL;
         if (flag) {
-            if (v) return bad("option '%s' takes no value", a);
             *flag = strcmp(a, "--no-load") != 0;
             continue;
-        }
-        static const char *const with_value[] = {"--systems",
-                                                 "--nodes",
-                                                 "--cluster",
-                                                 "--quorumfs",
-                                                 "--node-arg",
-                                                 "-n",
-                                                 "-r",
-                                                 "-w",
-                                                 "--update",
-                                                 "--etcd",
-                                                 "--etcd-nodes",
-                                                 "--etcd-endpoints",
-                                                 "--workloads",
-                                                 "--rates",
-                                                 "--auto-points",
-                                                 "--duration",
-                                                 "--warmup",
-                                                 "--threads",
-                                                 "--records",
-                                                 "--value-size",
-                                                 "--distribution",
-                                                 "--timeout-ms",
-                                                 "--ready-timeout",
-                                                 "--dir",
-                                                 "--base-port",
-                                                 "--seed"};
-        bool known = false;
-        for (size_t k = 0; k < KV_ARRAY_LEN(with_value) && !known; k++)
-            known = !strcmp(a, with_value[k]);
-        if (!known) return bad("unknown option '%s'", a);
-        if (!v) {
-            if (i + 1 >= argc) return bad("option '%s' needs a value", a);
-            v = argv[++i];
         }
         int n;
         if (!strcmp(a, "--systems")) {
             char *items[MAX_LIST];
             int k = split_list(c, v, items, MAX_LIST);
-            if (k < 0) return bad("bad --systems '%s'", v);
+            if (k < 0) return bu_usage_error("bad --systems '%s'", v);
             c->run_sys[SYS_QUORUMFS] = c->run_sys[SYS_ETCD] = false;
             for (int j = 0; j < k; j++) {
                 if (!strcmp(items[j], "quorumfs"))
@@ -2345,40 +1940,43 @@ static int parse_args(int argc, char **argv, cfg *c) {
                 else if (!strcmp(items[j], "etcd"))
                     c->run_sys[SYS_ETCD] = true;
                 else
-                    return bad("unknown system '%s' (quorumfs, etcd)",
-                               items[j]);
+                    return bu_usage_error(
+                        "unknown system '%s' (quorumfs, etcd)", items[j]);
             }
         } else if (!strcmp(a, "--nodes")) {
-            if (parse_int(v, 1, MAX_NODES, &c->nodes))
-                return bad("--nodes wants 1..16, not '%s'", v);
+            if (bu_parse_int(v, 1, MAX_NODES, &c->nodes))
+                return bu_usage_error("--nodes wants 1..16, not '%s'", v);
             c->nodes_set = true;
         } else if (!strcmp(a, "--cluster")) {
             c->ncluster = split_list(c, v, c->cluster, MAX_NODES);
-            if (c->ncluster < 0) return bad("bad --cluster list '%s'", v);
+            if (c->ncluster < 0)
+                return bu_usage_error("bad --cluster list '%s'", v);
         } else if (!strcmp(a, "--quorumfs")) {
             snprintf(c->qbin, sizeof c->qbin, "%s", v);
             qbin_set = true;
         } else if (!strcmp(a, "-n") || !strcmp(a, "-r") || !strcmp(a, "-w")) {
             int *q = a[1] == 'n' ? &c->n : a[1] == 'r' ? &c->r : &c->w;
-            if (parse_int(v, 1, MAX_NODES, q))
-                return bad("-n, -r and -w want 1..16, not '%s'", v);
+            if (bu_parse_int(v, 1, MAX_NODES, q))
+                return bu_usage_error("-n, -r and -w want 1..16, not '%s'", v);
         } else if (!strcmp(a, "--update")) {
             if (strcmp(v, "rmw") && strcmp(v, "blind"))
-                return bad("--update wants rmw or blind, not '%s'", v);
+                return bu_usage_error("--update wants rmw or blind, not '%s'",
+                                      v);
             c->blind = !strcmp(v, "blind");
         } else if (!strcmp(a, "--etcd")) {
             snprintf(c->ebin, sizeof c->ebin, "%s", v);
             c->ebin_set = true;
         } else if (!strcmp(a, "--etcd-nodes")) {
-            if (parse_int(v, 1, 9, &c->etcd_nodes))
-                return bad("--etcd-nodes wants 1..9, not '%s'", v);
+            if (bu_parse_int(v, 1, 9, &c->etcd_nodes))
+                return bu_usage_error("--etcd-nodes wants 1..9, not '%s'", v);
         } else if (!strcmp(a, "--etcd-endpoints")) {
             c->netcd_eps = split_list(c, v, c->etcd_eps, MAX_NODES);
-            if (c->netcd_eps < 0) return bad("bad --etcd-endpoints '%s'", v);
+            if (c->netcd_eps < 0)
+                return bu_usage_error("bad --etcd-endpoints '%s'", v);
         } else if (!strcmp(a, "--workloads")) {
             char *items[MAX_LIST];
             int k = split_list(c, v, items, MAX_LIST);
-            if (k < 0) return bad("bad --workloads '%s'", v);
+            if (k < 0) return bu_usage_error("bad --workloads '%s'", v);
             c->nwls = 0;
             for (int j = 0; j < k; j++) {
                 const workload *wl = NULL;
@@ -2386,7 +1984,8 @@ static int parse_args(int argc, char **argv, cfg *c) {
                     if (!strcasecmp(items[j], all_workloads[x].name))
                         wl = &all_workloads[x];
                 if (!wl)
-                    return bad("unknown workload '%s' (a, b, c)", items[j]);
+                    return bu_usage_error("unknown workload '%s' (a, b, c)",
+                                          items[j]);
                 c->wls[c->nwls++] = wl;
             }
         } else if (!strcmp(a, "--rates")) {
@@ -2396,80 +1995,94 @@ static int parse_args(int argc, char **argv, cfg *c) {
             }
             char *items[MAX_LIST];
             int k = split_list(c, v, items, MAX_LIST);
-            if (k < 0) return bad("bad --rates '%s' (ops/s list or auto)", v);
+            if (k < 0)
+                return bu_usage_error("bad --rates '%s' (ops/s list or auto)",
+                                      v);
             c->rates_auto = false;
             c->nrates = 0;
             for (int j = 0; j < k; j++) {
                 char *end;
                 double r = strtod(items[j], &end);
                 if (*end || end == items[j] || !(r >= 1) || r > 1e8)
-                    return bad("bad rate '%s' (1..1e8 ops/s)", items[j]);
+                    return bu_usage_error("bad rate '%s' (1..1e8 ops/s)",
+                                          items[j]);
                 c->rates[c->nrates++] = r;
             }
         } else if (!strcmp(a, "--auto-points")) {
             char *items[MAX_LIST];
             int k = split_list(c, v, items, MAX_LIST);
-            if (k < 0) return bad("bad --auto-points '%s'", v);
+            if (k < 0) return bu_usage_error("bad --auto-points '%s'", v);
             c->npcts = 0;
             for (int j = 0; j < k; j++)
-                if (parse_int(items[j], 1, 1000, &c->pcts[c->npcts++]))
-                    return bad("bad percentage '%s' (1..1000)", items[j]);
+                if (bu_parse_int(items[j], 1, 1000, &c->pcts[c->npcts++]))
+                    return bu_usage_error("bad percentage '%s' (1..1000)",
+                                          items[j]);
         } else if (!strcmp(a, "--duration")) {
-            if (parse_secs(v, 0.1, &c->duration))
-                return bad("bad --duration '%s' (seconds, >= 0.1)", v);
+            if (bu_parse_secs(v, 0.1, 86400, &c->duration))
+                return bu_usage_error("bad --duration '%s' (seconds, >= 0.1)",
+                                      v);
         } else if (!strcmp(a, "--warmup")) {
-            if (parse_secs(v, 0, &c->warmup))
-                return bad("bad --warmup '%s' (seconds)", v);
+            if (bu_parse_secs(v, 0, 86400, &c->warmup))
+                return bu_usage_error("bad --warmup '%s' (seconds)", v);
         } else if (!strcmp(a, "--threads")) {
-            if (parse_int(v, 1, MAX_THREADS, &c->threads))
-                return bad("--threads wants 1..1024, not '%s'", v);
+            if (bu_parse_int(v, 1, MAX_THREADS, &c->threads))
+                return bu_usage_error("--threads wants 1..1024, not '%s'", v);
         } else if (!strcmp(a, "--records")) {
-            if (parse_u64(v, &c->records) || c->records < 1 ||
+            if (bu_parse_u64(v, &c->records) || c->records < 1 ||
                 c->records > 999999999999ULL)
-                return bad("--records wants 1..999999999999, not '%s'", v);
+                return bu_usage_error(
+                    "--records wants 1..999999999999, not '%s'", v);
         } else if (!strcmp(a, "--value-size")) {
-            if (parse_int(v, 1, MAX_VALUE, &n))
-                return bad("--value-size wants 1..1048576, not '%s'", v);
+            if (bu_parse_int(v, 1, MAX_VALUE, &n))
+                return bu_usage_error("--value-size wants 1..1048576, not '%s'",
+                                      v);
             c->value_size = (size_t)n;
         } else if (!strcmp(a, "--distribution")) {
             if (strcmp(v, "zipfian") && strcmp(v, "uniform"))
-                return bad("--distribution wants zipfian or uniform, not '%s'",
-                           v);
+                return bu_usage_error(
+                    "--distribution wants zipfian or uniform, not '%s'", v);
             c->uniform = !strcmp(v, "uniform");
         } else if (!strcmp(a, "--node-arg")) {
             if (c->nnode_args == (int)KV_ARRAY_LEN(c->node_args))
-                return bad("at most %d --node-arg options",
-                           (int)KV_ARRAY_LEN(c->node_args));
+                return bu_usage_error("at most %d --node-arg options",
+                                      (int)KV_ARRAY_LEN(c->node_args));
             c->node_args[c->nnode_args++] = v;
         } else if (!strcmp(a, "--timeout-ms")) {
-            if (parse_int(v, 1, 600000, &n))
-                return bad("--timeout-ms wants 1..600000, not '%s'", v);
+            if (bu_parse_int(v, 1, 600000, &n))
+                return bu_usage_error("--timeout-ms wants 1..600000, not '%s'",
+                                      v);
             c->timeout_ms = (uint32_t)n;
         } else if (!strcmp(a, "--ready-timeout")) {
-            if (parse_secs(v, 1, &c->ready_timeout))
-                return bad("bad --ready-timeout '%s' (seconds, >= 1)", v);
+            if (bu_parse_secs(v, 1, 86400, &c->ready_timeout))
+                return bu_usage_error(
+                    "bad --ready-timeout '%s' (seconds, >= 1)", v);
         } else if (!strcmp(a, "--dir")) {
             if (!*v || strlen(v) > PATH_MAX - 64)
-                return bad("bad --dir '%s'", v);
+                return bu_usage_error("bad --dir '%s'", v);
             snprintf(c->dir, sizeof c->dir, "%s", v);
         } else if (!strcmp(a, "--base-port")) {
-            if (parse_int(v, 1024, 65535 - 4 * MAX_NODES - 100, &c->base_port))
-                return bad("--base-port wants 1024..65371, not '%s'", v);
+            if (bu_parse_int(v, 1024, 65535 - 4 * MAX_NODES - 100,
+                             &c->base_port))
+                return bu_usage_error("--base-port wants 1024..65371, not '%s'",
+                                      v);
         } else if (!strcmp(a, "--seed")) {
-            if (parse_u64(v, &c->seed)) return bad("bad --seed '%s'", v);
+            if (bu_parse_u64(v, &c->seed))
+                return bu_usage_error("bad --seed '%s'", v);
         }
     }
 
     char h[64], pt[8];
     for (int i = 0; i < c->ncluster; i++)
         if (parse_hostport(c->cluster[i], h, sizeof h, pt, sizeof pt))
-            return bad("bad --cluster address '%s' (HOST:PORT)", c->cluster[i]);
+            return bu_usage_error("bad --cluster address '%s' (HOST:PORT)",
+                                  c->cluster[i]);
     for (int i = 0; i < c->netcd_eps; i++)
         if (parse_hostport(c->etcd_eps[i], h, sizeof h, pt, sizeof pt))
-            return bad("bad --etcd-endpoints address '%s' (HOST:PORT)",
-                       c->etcd_eps[i]);
+            return bu_usage_error(
+                "bad --etcd-endpoints address '%s' (HOST:PORT)",
+                c->etcd_eps[i]);
     if (c->ncluster && c->nodes_set)
-        return bad("%s", "--nodes and --cluster exclude each other");
+        return bu_usage_error("%s", "--nodes and --cluster exclude each other");
     if (c->ncluster) c->nodes = c->ncluster;
     /* Quorum defaults follow the cluster: 3/2/2, or all of a smaller one. */
     int dn = KV_MIN(3, c->nodes), dq = dn / 2 + 1;
@@ -2479,21 +2092,24 @@ static int parse_args(int argc, char **argv, cfg *c) {
     if (c->r > c->n || c->w > c->n) {
         char msg[64];
         snprintf(msg, sizeof msg, "N %d, R %d, W %d", c->n, c->r, c->w);
-        return bad("need 1 <= R, W <= N (%s)", msg);
+        return bu_usage_error("need 1 <= R, W <= N (%s)", msg);
     }
     if (c->run_sys[SYS_QUORUMFS] && !c->ncluster) {
-        if (qbin_set ? !executable(c->qbin)
-                     : !find_quorumfs(c->qbin, sizeof c->qbin))
-            return bad("no quorumfs binary%s (build the 'quorumfs' target or "
-                       "give --quorumfs PATH)",
-                       qbin_set ? " at the --quorumfs path" : "");
+        if (qbin_set ? !bu_executable(c->qbin)
+                     : !bu_find_quorumfs(c->qbin, sizeof c->qbin))
+            return bu_usage_error(
+                "no quorumfs binary%s (build the 'quorumfs' target or "
+                "give --quorumfs PATH)",
+                qbin_set ? " at the --quorumfs path" : "");
     }
     if (c->run_sys[SYS_ETCD] && !c->netcd_eps) {
-        if (c->ebin_set && !executable(c->ebin))
-            return bad("--etcd '%s' is not an executable file", c->ebin);
-        if (!c->ebin_set) find_on_path("etcd", c->ebin, sizeof c->ebin);
+        if (c->ebin_set && !bu_executable(c->ebin))
+            return bu_usage_error("--etcd '%s' is not an executable file",
+                                  c->ebin);
+        if (!c->ebin_set) bu_find_on_path("etcd", c->ebin, sizeof c->ebin);
     }
-    if (c->rates_auto && c->npcts == 0) return bad("%s", "no --auto-points");
+    if (c->rates_auto && c->npcts == 0)
+        return bu_usage_error("%s", "no --auto-points");
     return 0;
 }
 
@@ -2544,32 +2160,14 @@ static void print_header(FILE *f, const cfg *c) {
 int main(int argc, char **argv) {
     static cfg c;
     static results rs;
+    bu_prog_set("cluster_bench");
     if (parse_args(argc, argv, &c) < 0) return 2;
     g_keep = c.keep;
     kv_log_set_level(KV_LOG_WARN);
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    bu_signals_catch(on_signal);
     atexit(cleanup);
-
-    if (c.dir[0] == '\0') {
-        snprintf(c.dir, sizeof c.dir, "/tmp/cluster_bench.XXXXXX");
-        if (!mkdtemp(c.dir)) {
-            perror("cluster_bench: mkdtemp");
-            return 1;
-        }
-        c.dir_made = true;
-    } else if (mkdir(c.dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "cluster_bench: cannot create '%s': %s\n", c.dir,
-                strerror(errno));
-        return 1;
-    }
+    if (bu_work_dir(c.dir, sizeof c.dir, &c.dir_made)) return 1;
     print_header(c.json ? stderr : stdout, &c);
 
     int status = 0;
@@ -2591,11 +2189,11 @@ int main(int argc, char **argv) {
         print_targets(c.json ? stderr : stdout, &c, &rs);
     } else {
         fprintf(stderr, "cluster_bench: interrupted\n");
-        status = 128 + atomic_load(&g_stop);
+        status = 128 + atomic_load(&g_procs.stop);
     }
     fflush(stdout);
     cleanup();
-    if (c.dir_made && !c.keep) rm_rf(c.dir);
+    if (c.dir_made && !c.keep) bu_rm_rf(c.dir);
     for (int i = 0; i < c.nto_free; i++) free(c.to_free[i]);
     return status;
 }

@@ -15,7 +15,6 @@
  * docs/PERFORMANCE.md.
  */
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -26,10 +25,10 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <malloc.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "base/base.h"
+#include "bench/benchutil.h"
 #ifndef QFS_BENCH_NO_ENGINE
 #include "engine/engine.h"
 #endif
@@ -45,6 +44,7 @@
 #define MAX_THREADS 256
 #define VALUE_BUF_BYTES (1u << 20)
 #define MIB (1024.0 * 1024.0)
+#define HIST_SUB_BITS 5 /* 32 sub-buckets per power of two: within ~3% */
 
 /* ---- configuration --------------------------------------------------------
  */
@@ -134,28 +134,9 @@ typedef struct adapter {
 /* ---- small helpers --------------------------------------------------------
  */
 
-static inline uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static inline uint64_t mix64(uint64_t x) {
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-/* splitmix64: cheap, and each thread gets its own stream. */
-static inline uint64_t rnd_next(uint64_t *s) {
-    *s += 0x9e3779b97f4a7c15ULL;
-    return mix64(*s);
-}
-
+/* Uniform in [0, n) from the stream *s; 0 for n == 0. */
 static inline uint64_t rnd_below(uint64_t *s, uint64_t n) {
-    return n ? rnd_next(s) % n : 0;
+    return n ? bu_rnd_next(s) % n : 0;
 }
 
 /* 16 zero-padded decimal digits of n. */
@@ -190,14 +171,15 @@ static void perm_init(perm *p, uint64_t n, uint64_t seed) {
     p->n = n;
     p->half = bits / 2;
     p->mask = (UINT64_C(1) << p->half) - 1;
-    for (int i = 0; i < 4; i++) p->rk[i] = mix64(seed + 0x1234567u * (i + 1));
+    for (int i = 0; i < 4; i++)
+        p->rk[i] = bu_mix64(seed + 0x1234567u * (i + 1));
 }
 
 static uint64_t perm_apply(const perm *p, uint64_t x) {
     do {
         uint64_t l = x >> p->half, r = x & p->mask;
         for (int i = 0; i < 4; i++) {
-            uint64_t t = l ^ (mix64(r ^ p->rk[i]) & p->mask);
+            uint64_t t = l ^ (bu_mix64(r ^ p->rk[i]) & p->mask);
             l = r;
             r = t;
         }
@@ -206,76 +188,18 @@ static uint64_t perm_apply(const perm *p, uint64_t x) {
     return x;
 }
 
-/* ---- latency histogram ----------------------------------------------------
+/* ---- latency ---------------------------------------------------------------
  */
 
-#define H_SUB 32 /* sub-buckets per power of two */
-#define H_BUCKETS (64 + 58 * H_SUB)
-
-typedef struct hist {
-    uint64_t count;
-    uint64_t b[H_BUCKETS];
-} hist;
-
-static inline int hist_index(uint64_t v) {
-    if (v < 64) return (int)v;
-    int e = 63 - __builtin_clzll(v); /* >= 6 */
-    int sub = (int)((v >> (e - 5)) & (H_SUB - 1));
-    return 64 + (e - 6) * H_SUB + sub;
-}
-
-static void hist_bounds(int idx, double *lo, double *hi) {
-    if (idx < 64) {
-        *lo = idx;
-        *hi = idx + 1;
-        return;
-    }
-    int e = (idx - 64) / H_SUB + 6, sub = (idx - 64) % H_SUB;
-    *lo = (double)((uint64_t)(H_SUB + sub) << (e - 5));
-    *hi = (double)((uint64_t)(H_SUB + sub + 1) << (e - 5));
-}
-
-static inline void hist_add(hist *h, uint64_t ns) {
-    h->b[hist_index(ns)]++;
-    h->count++;
-}
-
-static void hist_merge(hist *into, const hist *h) {
-    into->count += h->count;
-    for (int i = 0; i < H_BUCKETS; i++) into->b[i] += h->b[i];
-}
-
-/* The q-quantile in microseconds, interpolated inside its bucket. */
-static double hist_quantile_us(const hist *h, double q) {
-    if (h->count == 0) return 0;
-    double want = q * (double)h->count, seen = 0;
-    for (int i = 0; i < H_BUCKETS; i++) {
-        if (h->b[i] == 0) continue;
-        if (seen + (double)h->b[i] >= want) {
-            double lo, hi;
-            hist_bounds(i, &lo, &hi);
-            double frac = (want - seen) / (double)h->b[i];
-            return (lo + (hi - lo) * frac) / 1000.0;
-        }
-        seen += (double)h->b[i];
-    }
-    return 0;
+/* The q-quantile of h in microseconds (bu_hist_quantile_us), 0 for an
+ * empty histogram. */
+static double quantile_us(const bu_hist *h, double q) {
+    double v = bu_hist_quantile_us(h, q);
+    return isnan(v) ? 0 : v;
 }
 
 /* ---- process helpers ------------------------------------------------------
  */
-
-static int rm_entry(const char *path, const struct stat *sb, int flag,
-                    struct FTW *ftw) {
-    if (remove(path) != 0) perror(path);
-    return 0;
-}
-
-static void rm_rf(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return;
-    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* VmHWM of this process in KiB, 0 if unreadable. */
 static uint64_t peak_rss_kb(void) {
@@ -866,7 +790,7 @@ typedef struct run {
     store *st;
     enum wl w;
     const char *vbuf;
-    uint64_t deadline; /* now_ns() value, 0: none */
+    uint64_t deadline; /* bu_now_ns() value, 0: none */
     uint64_t seed;
     atomic_bool failed, capped, done;
     atomic_uint_least64_t peak_anon_kb; /* sampled while the run lasts */
@@ -880,8 +804,7 @@ static void *anon_sampler(void *arg) {
         uint64_t kb = anon_rss_kb();
         if (kb > atomic_load(&r->peak_anon_kb))
             atomic_store(&r->peak_anon_kb, kb);
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        bu_sleep_ms(10);
     }
     return NULL;
 }
@@ -892,7 +815,7 @@ typedef struct worker {
     pthread_t th;
     uint64_t lo, n; /* this thread's share of the run's key numbers/ops */
     uint64_t done, found, bytes;
-    hist *h;
+    bu_hist *h;
     scratch s;
 } worker;
 
@@ -926,7 +849,7 @@ static void scan_range(worker *w) {
     }
     key_written(key, w->lo);
     key_written(end, w->lo + w->n);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bu_now_ns();
     /* The seek's cost lands in the first entry's latency. */
     for (ad->iter_seek(it, key); ad->iter_valid(it);) {
         size_t klen;
@@ -934,8 +857,8 @@ static void scan_range(worker *w) {
         if (has_end && klen == KEY_LEN && memcmp(k, end, KEY_LEN) >= 0) break;
         size_t vlen = ad->iter_vlen(it);
         ad->iter_next(it);
-        uint64_t t1 = now_ns();
-        hist_add(w->h, t1 - t0);
+        uint64_t t1 = bu_now_ns();
+        bu_hist_add(w->h, t1 - t0);
         t0 = t1;
         w->done++;
         w->bytes += klen + vlen;
@@ -954,7 +877,7 @@ static void *worker_main(void *arg) {
     run *r = w->r;
     store *st = r->st;
     const adapter *ad = st->ad;
-    uint64_t rs = mix64(r->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)w->id);
+    uint64_t rs = bu_mix64(r->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)w->id);
     size_t vpos = (size_t)(rnd_below(&rs, VALUE_BUF_BYTES / 100)) * 100;
     size_t vs = (size_t)st->vs;
     bool sync = r->w == W_DURABLE;
@@ -988,9 +911,9 @@ static void *worker_main(void *arg) {
         }
         if (is_write(r->w)) {
             key_written(key, k);
-            t0 = now_ns();
+            t0 = bu_now_ns();
             int rc = ad->put(st->db, key, r->vbuf + vpos, vs, sync);
-            t1 = now_ns();
+            t1 = bu_now_ns();
             if (rc < 0) {
                 atomic_store(&r->failed, true);
                 break;
@@ -1008,9 +931,9 @@ static void *worker_main(void *arg) {
                 key_missing(key, k);
             else
                 key_written(key, k);
-            t0 = now_ns();
+            t0 = bu_now_ns();
             int rc = ad->get(st->db, &w->s, key, &vlen);
-            t1 = now_ns();
+            t1 = bu_now_ns();
             if (rc < 0) {
                 atomic_store(&r->failed, true);
                 break;
@@ -1020,7 +943,7 @@ static void *worker_main(void *arg) {
                 w->bytes += KEY_LEN + vlen;
             }
         }
-        hist_add(w->h, t1 - t0);
+        bu_hist_add(w->h, t1 - t0);
         w->done++;
         if (r->deadline && t1 > r->deadline) {
             atomic_store(&r->capped, true);
@@ -1040,13 +963,13 @@ static void store_release(store *st, bool keep) {
     store_close(st);
     free(st->live);
     st->live = NULL;
-    if (!keep && st->path[0]) rm_rf(st->path);
+    if (!keep && st->path[0]) bu_rm_rf(st->path);
 }
 
 /* Remove whatever is at st->path and open a fresh, empty store there. */
 static int store_create(store *st, uint64_t keyspace) {
     store_close(st);
-    rm_rf(st->path);
+    bu_rm_rf(st->path);
     if (mkdir(st->path, 0755) != 0) {
         fprintf(stderr, "cannot create '%s': %s\n", st->path, strerror(errno));
         return -1;
@@ -1072,31 +995,24 @@ typedef struct out_ctx {
     int fd; /* results go to the parent through this pipe */
 } out_ctx;
 
-static void json_num(FILE *f, const char *name, double v) {
-    if (isnan(v) || isinf(v))
-        fprintf(f, ",\"%s\":null", name);
-    else
-        fprintf(f, ",\"%s\":%.6g", name, v);
-}
-
 static void print_json(const store *st, const result *r) {
     printf("{\"engine\":\"%s\",\"workload\":\"%s\"", r->engine, r->workload);
     if (r->style[0]) printf(",\"style\":\"%s\"", r->style);
     printf(",\"threads\":%d,\"value_size\":%d,\"num\":%" PRIu64
            ",\"found\":%" PRIu64,
            r->threads, r->value_size, r->ops, r->found);
-    json_num(stdout, "seconds", r->secs);
-    json_num(stdout, "ops_per_sec", r->ops_per_sec);
-    json_num(stdout, "mb_per_sec", r->mb_per_sec);
-    json_num(stdout, "p50_us", r->p50);
-    json_num(stdout, "p99_us", r->p99);
-    json_num(stdout, "p999_us", r->p999);
+    bu_json_num(stdout, "seconds", r->secs);
+    bu_json_num(stdout, "ops_per_sec", r->ops_per_sec);
+    bu_json_num(stdout, "mb_per_sec", r->mb_per_sec);
+    bu_json_num(stdout, "p50_us", r->p50);
+    bu_json_num(stdout, "p99_us", r->p99);
+    bu_json_num(stdout, "p999_us", r->p999);
     printf(",\"capped\":%s", r->capped ? "true" : "false");
-    json_num(stdout, "write_amp", r->write_amp);
-    json_num(stdout, "read_amp", r->read_amp);
-    json_num(stdout, "space_amp", r->space_amp);
-    json_num(stdout, "space_amp_tables", r->space_amp_tables);
-    json_num(stdout, "bloom_fp_rate", r->bloom_fp);
+    bu_json_num(stdout, "write_amp", r->write_amp);
+    bu_json_num(stdout, "read_amp", r->read_amp);
+    bu_json_num(stdout, "space_amp", r->space_amp);
+    bu_json_num(stdout, "space_amp_tables", r->space_amp_tables);
+    bu_json_num(stdout, "bloom_fp_rate", r->bloom_fp);
     printf(",\"peak_rss_kb\":%" PRIu64 ",\"peak_anon_kb\":%" PRIu64
            ",\"mem_bytes\":%" PRIu64 ",\"table_bytes\":%" PRIu64,
            r->peak_rss_kb, r->peak_anon_kb, r->mem_bytes, r->table_bytes);
@@ -1162,7 +1078,7 @@ static int run_one(const out_ctx *oc, store *st, enum wl w, int nthreads,
                    uint64_t num, const char *vbuf, bool quiet) {
     const cfg *c = oc->c;
     worker *ws = calloc((size_t)nthreads, sizeof(*ws));
-    hist *total = calloc(1, sizeof(*total));
+    bu_hist *total = bu_hist_new(HIST_SUB_BITS);
     run r;
     disk_stats before, after;
     result res;
@@ -1177,7 +1093,7 @@ static int run_one(const out_ctx *oc, store *st, enum wl w, int nthreads,
     r.w = w;
     r.vbuf = vbuf;
     r.seed = c->seed ^
-             mix64((uint64_t)w * 7919 + (uint64_t)nthreads + st->user_bytes);
+             bu_mix64((uint64_t)w * 7919 + (uint64_t)nthreads + st->user_bytes);
     if (w == W_READSEQ) num = st->keyspace;
     if (w == W_FILLRANDOM || w == W_DURABLE)
         perm_init(&st->fill.p, st->keyspace, c->seed + (uint64_t)st->vs);
@@ -1193,11 +1109,12 @@ static int run_one(const out_ctx *oc, store *st, enum wl w, int nthreads,
         wk->id = t;
         wk->lo = num * (uint64_t)t / (uint64_t)nthreads;
         wk->n = num * (uint64_t)(t + 1) / (uint64_t)nthreads - wk->lo;
-        wk->h = calloc(1, sizeof(hist));
+        wk->h = bu_hist_new(HIST_SUB_BITS);
         kv_buf_init(&wk->s.val);
         if (!wk->h) goto join;
     }
-    if (c->duration > 0) r.deadline = now_ns() + (uint64_t)(c->duration * 1e9);
+    if (c->duration > 0)
+        r.deadline = bu_now_ns() + (uint64_t)(c->duration * 1e9);
     for (started = 0; started < nthreads; started++) {
         if (pthread_create(&ws[started].th, NULL, worker_main, &ws[started]) !=
             0) {
@@ -1207,11 +1124,11 @@ static int run_one(const out_ctx *oc, store *st, enum wl w, int nthreads,
         }
     }
     pthread_barrier_wait(&r.bar);
-    t0 = now_ns();
+    t0 = bu_now_ns();
     sampling = pthread_create(&sampler, NULL, anon_sampler, &r) == 0;
 join:
     for (int t = 0; t < started; t++) pthread_join(ws[t].th, NULL);
-    uint64_t t1 = now_ns();
+    uint64_t t1 = bu_now_ns();
     atomic_store(&r.done, true);
     if (sampling) pthread_join(sampler, NULL);
     pthread_barrier_destroy(&r.bar);
@@ -1226,7 +1143,7 @@ join:
     res.value_size = st->vs;
     uint64_t bytes = 0;
     for (int t = 0; t < nthreads; t++) {
-        hist_merge(total, ws[t].h);
+        bu_hist_merge(total, ws[t].h);
         res.ops += ws[t].done;
         res.found += ws[t].found;
         bytes += ws[t].bytes;
@@ -1234,9 +1151,9 @@ join:
     res.secs = (double)(t1 - t0) / 1e9;
     res.ops_per_sec = res.secs > 0 ? (double)res.ops / res.secs : 0;
     res.mb_per_sec = res.secs > 0 ? (double)bytes / MIB / res.secs : 0;
-    res.p50 = hist_quantile_us(total, 0.50);
-    res.p99 = hist_quantile_us(total, 0.99);
-    res.p999 = hist_quantile_us(total, 0.999);
+    res.p50 = quantile_us(total, 0.50);
+    res.p99 = quantile_us(total, 0.99);
+    res.p999 = quantile_us(total, 0.999);
     res.capped = atomic_load(&r.capped);
     if (is_write(w)) st->user_bytes += bytes;
     if (w == W_FILLSEQ || w == W_FILLRANDOM || w == W_DURABLE) {
@@ -1291,12 +1208,12 @@ join:
 out:
     if (ws) {
         for (int t = 0; t < nthreads; t++) {
-            free(ws[t].h);
+            bu_hist_free(ws[t].h);
             kv_buf_release(&ws[t].s.val);
         }
     }
     free(ws);
-    free(total);
+    bu_hist_free(total);
     return rc;
 }
 
@@ -1312,7 +1229,7 @@ static char *make_values(uint64_t seed, size_t max_vs) {
      * about half, like db_bench's default compression ratio of 0.5. */
     for (size_t off = 0; off + 100 <= n; off += 100) {
         for (size_t i = 0; i < 50; i += 8) {
-            uint64_t v = rnd_next(&rs);
+            uint64_t v = bu_rnd_next(&rs);
             memcpy(b + off + i, &v, KV_MIN(8, 50 - i));
         }
         memcpy(b + off + 50, b + off, 50);
@@ -1451,15 +1368,6 @@ static int parse_list(const char *s, int *out, int max, int lo, int hi) {
     return n > 0 ? n : -1;
 }
 
-static int parse_u64(const char *s, uint64_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || !*s || s[0] == '-') return -1;
-    *out = v;
-    return 0;
-}
-
 static void usage(FILE *f) {
     fprintf(
         f,
@@ -1582,11 +1490,11 @@ static int parse_args(int argc, char **argv, cfg *c) {
             free(copy);
             if (c->nworkloads == 0) goto bad;
         } else if (!strcmp(name, "--num")) {
-            if (parse_u64(v, &c->num) || c->num == 0 ||
+            if (bu_parse_u64(v, &c->num) || c->num == 0 ||
                 c->num > UINT64_C(100000000000000))
                 goto bad;
         } else if (!strcmp(name, "--durable-num")) {
-            if (parse_u64(v, &c->durable_num) || c->durable_num == 0 ||
+            if (bu_parse_u64(v, &c->durable_num) || c->durable_num == 0 ||
                 c->durable_num > UINT64_C(100000000000000))
                 goto bad;
         } else if (!strcmp(name, "--threads")) {
@@ -1600,13 +1508,13 @@ static int parse_args(int argc, char **argv, cfg *c) {
             if (strlen(v) > 2048) goto bad;
             snprintf(c->dir, sizeof(c->dir), "%s", v);
         } else if (!strcmp(name, "--cache-mb")) {
-            if (parse_u64(v, &u) || u == 0 || u > 1 << 20) goto bad;
+            if (bu_parse_u64(v, &u) || u == 0 || u > 1 << 20) goto bad;
             c->cache_mb = u;
         } else if (!strcmp(name, "--memtable-mb")) {
-            if (parse_u64(v, &u) || u == 0 || u > 1 << 16) goto bad;
+            if (bu_parse_u64(v, &u) || u == 0 || u > 1 << 16) goto bad;
             c->memtable_mb = u;
         } else if (!strcmp(name, "--bloom-bits")) {
-            if (parse_u64(v, &u) || u > 64) goto bad;
+            if (bu_parse_u64(v, &u) || u > 64) goto bad;
             c->bloom_bits = (int)u;
         } else if (!strcmp(name, "--compression")) {
             if (!strcmp(v, "zstd"))
@@ -1620,16 +1528,16 @@ static int parse_args(int argc, char **argv, cfg *c) {
             c->duration = strtod(v, &end);
             if (*end || c->duration < 0) goto bad;
         } else if (!strcmp(name, "--writeamp-memtable-mb")) {
-            if (parse_u64(v, &u) || u == 0 || u > 1 << 16) goto bad;
+            if (bu_parse_u64(v, &u) || u == 0 || u > 1 << 16) goto bad;
             c->wa_memtable_mb = u;
         } else if (!strcmp(name, "--writeamp-mb")) {
-            if (parse_u64(v, &u) || u == 0 || u > 1 << 24) goto bad;
+            if (bu_parse_u64(v, &u) || u == 0 || u > 1 << 24) goto bad;
             c->wa_mb = u;
         } else if (!strcmp(name, "--writeamp-live-mb")) {
-            if (parse_u64(v, &u) || u == 0 || u > 1 << 24) goto bad;
+            if (bu_parse_u64(v, &u) || u == 0 || u > 1 << 24) goto bad;
             c->wa_live_mb = u;
         } else if (!strcmp(name, "--seed")) {
-            if (parse_u64(v, &c->seed)) goto bad;
+            if (bu_parse_u64(v, &c->seed)) goto bad;
         } else {
             goto bad;
         }
@@ -1742,18 +1650,9 @@ int main(int argc, char **argv) {
     size_t nres = 0, cap = 0;
     int status = 0;
 
+    bu_prog_set("engine_bench");
     if (parse_args(argc, argv, &c) < 0) return 2;
-    if (c.dir[0] == '\0') {
-        snprintf(c.dir, sizeof(c.dir), "/tmp/engine_bench.XXXXXX");
-        if (!mkdtemp(c.dir)) {
-            perror("mkdtemp");
-            return 1;
-        }
-        c.dir_made = true;
-    } else if (mkdir(c.dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "cannot create '%s': %s\n", c.dir, strerror(errno));
-        return 1;
-    }
+    if (bu_work_dir(c.dir, sizeof(c.dir), &c.dir_made)) return 1;
     print_header(&c, c.json ? stderr : stdout);
 
     for (int e = 0; e < c.nengines; e++) {
@@ -1818,7 +1717,7 @@ int main(int argc, char **argv) {
         }
     }
     if (!c.json) print_tables(&c, rs, nres);
-    if (c.dir_made && !c.keep) rm_rf(c.dir);
+    if (c.dir_made && !c.keep) bu_rm_rf(c.dir);
     free(rs);
     return status;
 }

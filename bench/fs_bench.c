@@ -43,16 +43,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "bench/benchutil.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-#define MAX_KIDS 16
 #define MAX_RESULTS 96
 #define CLUSTER_NODES 3
 #define SMALL_SIZE 4096u         /* bytes per small file */
@@ -66,6 +65,7 @@
 #define EXT4_MAGIC 0xEF53        /* ext2, ext3 and ext4 */
 #define LISTING_PASSES 3         /* readdir and ls -l: the median of these */
 #define PATH_BUF (PATH_MAX + 32) /* a directory's path and a name in it */
+#define HIST_SUB_BITS 5          /* percentiles within about 1.5% */
 
 /* Error codes besides errno values (which are positive here). */
 #define ERR_SHORT (-1) /* a read or write moved fewer bytes than asked */
@@ -117,29 +117,6 @@ typedef struct cfg {
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static double secs_since(uint64_t t0) {
-    return (double)(now_ns() - t0) / 1e9;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-/* splitmix64 */
-static uint64_t rnd_next(uint64_t *s) {
-    uint64_t x = (*s += 0x9e3779b97f4a7c15ULL);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -149,77 +126,6 @@ static double median(double *v, int n) {
     if (n == 0) return NAN;
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-/* snprintf into a path buffer: 0, or -1 if it did not fit. */
-static int path_fmt(char *out, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int path_fmt(char *out, size_t len, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(out, len, fmt, ap);
-    va_end(ap);
-    return n < 0 || (size_t)n >= len ? -1 : 0;
-}
-
-static bool executable(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode) &&
-           access(path, X_OK) == 0;
-}
-
-/* name on PATH into out; false (out "") if absent. */
-static bool find_on_path(const char *name, char *out, size_t len) {
-    const char *p = getenv("PATH");
-    if (!p || !*p) p = "/usr/local/bin:/usr/bin:/bin";
-    while (*p) {
-        size_t l = strcspn(p, ":");
-        if (l && path_fmt(out, len, "%.*s/%s", (int)l, p, name) == 0 &&
-            executable(out))
-            return true;
-        p += l + (p[l] == ':');
-    }
-    out[0] = '\0';
-    return false;
-}
-
-/* The quorumfs binary of this build tree (next to this program or one
- * level up, as cluster_bench finds it), else on PATH. */
-static bool find_quorumfs(char *out, size_t len) {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n > 0) {
-        self[n] = '\0';
-        char *slash = strrchr(self, '/');
-        if (slash) {
-            *slash = '\0';
-            static const char *const rel[] = {"quorumfs", "../quorumfs"};
-            for (size_t i = 0; i < ARRAY_LEN(rel); i++) {
-                char cand[PATH_MAX];
-                if (path_fmt(cand, sizeof cand, "%s/%s", self, rel[i]) == 0 &&
-                    executable(cand) && realpath(cand, out))
-                    return true;
-            }
-        }
-    }
-    (void)len;
-    return find_on_path("quorumfs", out, len);
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag,
-                    struct FTW *ftw) {
-    if (remove(path) != 0 && errno != ENOENT)
-        fprintf(stderr, "fs_bench: cannot remove '%s': %s\n", path,
-                strerror(errno));
-    return 0;
-}
-
-/* rm -rf that never crosses into another mount (a mount point still
- * mounted fails to go, and says so). */
-static void rm_rf(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return;
-    nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }
 
 /* Is path (absolute, no symlinks) a mount point? From /proc/self/mounts,
@@ -284,100 +190,14 @@ static void fs_type(const char *path, char *out, size_t len, long *magic) {
     fclose(f);
 }
 
-/* ---- latency histogram -----------------------------------------------------
- * Nanoseconds, log-linear: exact below 64, then 32 buckets per power of
- * two, so a percentile (the middle of its bucket) is within about 1.5%.
+/* ---- errors ----------------------------------------------------------------
+ * Errors are counted in a bu_tally by the call that failed and its code
+ * (errno, or ERR_*); a workload goes on after an error and stops at
+ * GIVE_UP of them.
  */
 
-#define H_LIN 64
-#define H_SUB 32
-#define H_EXPS 36 /* powers 2^6 .. 2^41 ns (about 36 minutes) */
-#define H_N (H_LIN + H_EXPS * H_SUB)
-
-typedef struct hist {
-    uint64_t n;
-    uint64_t b[H_N];
-} hist;
-
-static void hist_add(hist *h, uint64_t v) {
-    int i;
-    if (v < H_LIN) {
-        i = (int)v;
-    } else {
-        int e = 63 - __builtin_clzll(v);
-        i = e >= 6 + H_EXPS
-                ? H_N - 1
-                : H_LIN + (e - 6) * H_SUB + (int)((v >> (e - 5)) & (H_SUB - 1));
-    }
-    h->b[i]++;
-    h->n++;
-}
-
-static void hist_merge(hist *into, const hist *h) {
-    into->n += h->n;
-    for (int i = 0; i < H_N; i++) into->b[i] += h->b[i];
-}
-
-/* The q-quantile in microseconds; NAN for an empty histogram. */
-static double hist_quantile_us(const hist *h, double q) {
-    if (h->n == 0) return NAN;
-    uint64_t want = (uint64_t)ceil(q * (double)h->n), seen = 0;
-    if (want < 1) want = 1;
-    for (int i = 0; i < H_N; i++) {
-        seen += h->b[i];
-        if (seen < want) continue;
-        if (i < H_LIN) return i / 1000.0;
-        int e = (i - H_LIN) / H_SUB + 6, sub = (i - H_LIN) % H_SUB;
-        double lo = (double)((uint64_t)(H_SUB + sub) << (e - 5));
-        double width = (double)(UINT64_C(1) << (e - 5));
-        return (lo + width / 2) / 1000.0;
-    }
-    return NAN;
-}
-
-/* ---- error tally -----------------------------------------------------------
- * Errors are counted by the call that failed and its code; a workload goes
- * on after an error and stops at GIVE_UP of them.
- */
-
-typedef struct errs {
-    int n;
-    struct {
-        const char *op; /* a string literal */
-        int code;       /* errno, or ERR_* */
-        uint64_t count;
-    } e[8];
-    uint64_t other; /* kinds beyond the 8 kept */
-    uint64_t total;
-} errs;
-
-static void errs_add_n(errs *t, const char *op, int code, uint64_t count) {
-    t->total += count;
-    for (int i = 0; i < t->n; i++) {
-        if (t->e[i].code == code && strcmp(t->e[i].op, op) == 0) {
-            t->e[i].count += count;
-            return;
-        }
-    }
-    if (t->n == (int)ARRAY_LEN(t->e)) {
-        t->other += count;
-        return;
-    }
-    t->e[t->n].op = op;
-    t->e[t->n].code = code;
-    t->e[t->n].count = count;
-    t->n++;
-}
-
-static void errs_add(errs *t, const char *op, int code) {
-    errs_add_n(t, op, code, 1);
-}
-
-static void errs_merge(errs *into, const errs *t) {
-    for (int i = 0; i < t->n; i++)
-        errs_add_n(into, t->e[i].op, t->e[i].code, t->e[i].count);
-    into->other += t->other;
-    into->total += t->other;
+static void errs_add(bu_tally *t, const char *op, int code) {
+    bu_tally_add(t, op, code, 1, NULL);
 }
 
 /* Short name of a code: "EIO", "short", ... */
@@ -410,204 +230,33 @@ static const char *code_text(int code) {
     return strerror(code);
 }
 
+/* A kind of error in JSON: "open EIO" (bu_tally_name_fn). */
+static void kind_name(const bu_tally *t, int i, char *buf, size_t len) {
+    snprintf(buf, len, "%s %s", t->e[i].op, code_short(t->e[i].code));
+}
+
+/* A kind of error in a note: "open EIO (Input/output error)". */
+static void kind_text(const bu_tally *t, int i, char *buf, size_t len) {
+    snprintf(buf, len, "%s %s (%s)", t->e[i].op, code_short(t->e[i].code),
+             code_text(t->e[i].code));
+}
+
 /* ---- child processes -------------------------------------------------------
  * The signal handler, the watchdog thread and the atexit hook must reach
- * every child, so the list is process-wide: the program's edge. Slots are
- * taken and freed by the main thread with signals blocked and g_kids_lock
- * held; the watchdog kills under the same lock; the handler only reads.
- * A child is forgotten before it is reaped, so no pid here is ever reused.
+ * every child, so the table is process-wide: the program's edge. A
+ * child's group is its target (-1 for none) and its kind says what it is.
  */
 
 enum { K_FS, K_JOB, K_UTIL }; /* a filesystem's; ls or cp; fusermount */
 
-typedef struct kid {
-    volatile pid_t pid; /* 0: a free slot */
-    int kind, tgt;
-    char name[32];
-    char log[PATH_MAX]; /* its stderr, "" for /dev/null */
-} kid;
-
-static kid g_kids[MAX_KIDS];
-static pthread_mutex_t g_kids_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_int g_stop; /* the signal that asked us to stop */
+static bu_procs g_procs = BU_PROCS_INIT;
 
 static void on_signal(int sig) {
-    int expected = 0;
-    bool first = atomic_compare_exchange_strong(&g_stop, &expected, sig);
-    for (int i = 0; i < MAX_KIDS; i++) {
-        pid_t p = g_kids[i].pid;
-        if (p > 0) kill(-p, first ? SIGTERM : SIGKILL);
-    }
-    if (!first) _exit(128 + sig);
+    bu_procs_signal(&g_procs, sig);
 }
 
 static bool stopping(void) {
-    return atomic_load_explicit(&g_stop, memory_order_relaxed) != 0;
-}
-
-static void block_signals(sigset_t *old) {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, old);
-}
-
-static int open_out(const char *path) {
-    return open(path && *path ? path : "/dev/null",
-                O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-}
-
-/* Start argv[0] in a process group of its own with stdin from /dev/null,
- * stdout to out and stderr to err (NULL: /dev/null; both may name one
- * file), appending. Returns the slot, or -1 (reported). */
-static int spawn(int kind, int tgt, const char *name, char *const argv[],
-                 const char *out, const char *err) {
-    int ofd = open_out(out), efd = open_out(err);
-    if (ofd < 0 || efd < 0) {
-        fprintf(stderr, "fs_bench: cannot open '%s': %s\n", ofd < 0 ? out : err,
-                strerror(errno));
-        if (ofd >= 0) close(ofd);
-        if (efd >= 0) close(efd);
-        return -1;
-    }
-    sigset_t old;
-    block_signals(&old);
-    pthread_mutex_lock(&g_kids_lock);
-    int slot = -1;
-    for (int i = 0; i < MAX_KIDS && slot < 0; i++)
-        if (g_kids[i].pid == 0) slot = i;
-    pid_t parent = getpid(), pid = -1;
-    if (slot >= 0) pid = fork();
-    if (pid == 0) {
-        /* Only async-signal-safe calls from here to exec. */
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGHUP, SIG_DFL);
-        signal(SIGPIPE, SIG_DFL);
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        int nul = open("/dev/null", O_RDONLY);
-        if (nul >= 0) dup2(nul, 0);
-        dup2(ofd, 1);
-        dup2(efd, 2);
-        execv(argv[0], argv);
-        static const char msg[] = "fs_bench: exec failed\n";
-        if (write(2, msg, sizeof msg - 1) < 0) _exit(127);
-        _exit(127);
-    }
-    int fork_errno = errno;
-    if (pid > 0) {
-        setpgid(pid, pid); /* also here, so no kill can precede it */
-        kid *k = &g_kids[slot];
-        k->kind = kind;
-        k->tgt = tgt;
-        snprintf(k->name, sizeof k->name, "%s", name);
-        snprintf(k->log, sizeof k->log, "%s", err ? err : "");
-        k->pid = pid;
-    }
-    pthread_mutex_unlock(&g_kids_lock);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    close(ofd);
-    close(efd);
-    if (slot < 0) {
-        fprintf(stderr, "fs_bench: too many child processes\n");
-        return -1;
-    }
-    if (pid < 0) {
-        fprintf(stderr, "fs_bench: cannot fork: %s\n", strerror(fork_errno));
-        return -1;
-    }
-    return slot;
-}
-
-/* Has the child in slot exited? It stays unreaped (its pid not reused). */
-static bool kid_exited(int slot) {
-    siginfo_t si;
-    memset(&si, 0, sizeof si);
-    if (waitid(P_PID, (id_t)g_kids[slot].pid, &si,
-               WEXITED | WNOHANG | WNOWAIT) != 0)
-        return errno == ECHILD;
-    return si.si_pid != 0;
-}
-
-/* Wait up to ms for the child to exit; true if it did. */
-static bool kid_wait(int slot, int ms) {
-    uint64_t deadline = now_ns() + (uint64_t)ms * 1000000u;
-    while (!kid_exited(slot)) {
-        if (now_ns() >= deadline) return false;
-        sleep_ms(10);
-    }
-    return true;
-}
-
-/* Forget an exited child, then reap it: its wait status. */
-static int kid_reap(int slot) {
-    sigset_t old;
-    block_signals(&old);
-    pthread_mutex_lock(&g_kids_lock);
-    pid_t pid = g_kids[slot].pid;
-    g_kids[slot].pid = 0;
-    pthread_mutex_unlock(&g_kids_lock);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-    }
-    return st;
-}
-
-/* Stop a child: SIGTERM to its group, grace_ms to exit, then SIGKILL.
- * Returns its wait status; *killed if it needed the SIGKILL. */
-static int kid_stop(int slot, int grace_ms, bool *killed) {
-    *killed = false;
-    if (!kid_exited(slot)) {
-        kill(-g_kids[slot].pid, SIGTERM);
-        if (!kid_wait(slot, grace_ms)) {
-            kill(-g_kids[slot].pid, SIGKILL);
-            *killed = true;
-            kid_wait(slot, 10000);
-        }
-    }
-    return kid_reap(slot);
-}
-
-static void describe_status(int st, char *buf, size_t len) {
-    if (WIFEXITED(st))
-        snprintf(buf, len, "exit status %d", WEXITSTATUS(st));
-    else if (WIFSIGNALED(st))
-        snprintf(buf, len, "signal %d", WTERMSIG(st));
-    else
-        snprintf(buf, len, "status %d", st);
-}
-
-/* Print the last lines of a log, to show why something failed. */
-static void print_log_tail(FILE *f, const char *path, int max_lines) {
-    FILE *in = path && *path ? fopen(path, "r") : NULL;
-    if (!in) return;
-    char buf[2048];
-    long size = fseek(in, 0, SEEK_END) == 0 ? ftell(in) : 0;
-    long from = size > (long)sizeof buf - 1 ? size - (long)sizeof buf + 1 : 0;
-    fseek(in, from, SEEK_SET);
-    size_t got = fread(buf, 1, sizeof buf - 1, in);
-    fclose(in);
-    buf[got] = '\0';
-    char *lines[64];
-    int n = 0;
-    char *p = buf;
-    if (from > 0 && (p = strchr(buf, '\n'))) p++; /* a partial first line */
-    if (!p) p = buf;
-    for (char *save = NULL, *l = strtok_r(p, "\n", &save); l;
-         l = strtok_r(NULL, "\n", &save)) {
-        if (n == (int)ARRAY_LEN(lines)) {
-            memmove(lines, lines + 1, sizeof lines - sizeof lines[0]);
-            n--;
-        }
-        lines[n++] = l;
-    }
-    if (n == 0) return;
-    fprintf(f, "    last lines of '%s':\n", path);
-    for (int i = n > max_lines ? n - max_lines : 0; i < n; i++)
-        fprintf(f, "    | %s\n", lines[i]);
+    return bu_procs_stopping(&g_procs);
 }
 
 /* The first line of a file into out ("" if none). */
@@ -626,6 +275,9 @@ static void first_line(const char *path, char *out, size_t len) {
  * filesystem processes, which fails the stuck call.
  */
 
+/* Guards the watchdog's state below but g_deadline, which is atomic.
+ * Taken before g_procs.lock where both are held. */
+static pthread_mutex_t g_watch_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint64_t g_deadline = UINT64_MAX; /* ns; workloads poll it */
 static uint64_t g_hard_ns;                       /* 0: disarmed */
 static int g_watch_tgt;
@@ -633,60 +285,53 @@ static bool g_jobs_killed, g_fs_killed, g_watch_quit;
 static pthread_t g_watchdog;
 static bool g_watchdog_on;
 
-static void kill_kids(int kind, int tgt) {
-    for (int i = 0; i < MAX_KIDS; i++) {
-        kid *k = &g_kids[i];
-        if (k->pid > 0 && k->kind == kind && (tgt < 0 || k->tgt == tgt))
-            kill(-k->pid, SIGKILL);
-    }
-}
-
 static void *watchdog_main(void *arg) {
     for (;;) {
-        pthread_mutex_lock(&g_kids_lock);
+        pthread_mutex_lock(&g_watch_lock);
         if (g_watch_quit) {
-            pthread_mutex_unlock(&g_kids_lock);
+            pthread_mutex_unlock(&g_watch_lock);
             return NULL;
         }
-        uint64_t t = now_ns();
+        uint64_t t = bu_now_ns();
         if (g_hard_ns && t >= atomic_load(&g_deadline) && !g_jobs_killed) {
-            kill_kids(K_JOB, -1);
+            bu_procs_kill(&g_procs, K_JOB, -1);
             g_jobs_killed = true;
         }
         if (g_hard_ns && t >= g_hard_ns && !g_fs_killed) {
-            kill_kids(K_FS, g_watch_tgt);
-            kill_kids(K_JOB, -1);
+            bu_procs_kill(&g_procs, K_FS, g_watch_tgt);
+            bu_procs_kill(&g_procs, K_JOB, -1);
             g_fs_killed = true;
         }
-        pthread_mutex_unlock(&g_kids_lock);
-        sleep_ms(50);
+        pthread_mutex_unlock(&g_watch_lock);
+        bu_sleep_ms(50);
     }
 }
 
 static void watch_arm(int tgt, double secs) {
-    pthread_mutex_lock(&g_kids_lock);
-    uint64_t t = now_ns(), d = t + (uint64_t)(secs * 1e9);
+    pthread_mutex_lock(&g_watch_lock);
+    uint64_t t = bu_now_ns(), d = t + (uint64_t)(secs * 1e9);
     atomic_store(&g_deadline, d);
     g_hard_ns = d + (uint64_t)HARD_GRACE_S * 1000000000u;
     g_watch_tgt = tgt;
     g_jobs_killed = g_fs_killed = false;
-    pthread_mutex_unlock(&g_kids_lock);
+    pthread_mutex_unlock(&g_watch_lock);
 }
 
 /* Disarm; true if the filesystem's processes were killed. */
 static bool watch_disarm(void) {
-    pthread_mutex_lock(&g_kids_lock);
+    pthread_mutex_lock(&g_watch_lock);
     atomic_store(&g_deadline, UINT64_MAX);
     g_hard_ns = 0;
     bool fired = g_fs_killed;
-    pthread_mutex_unlock(&g_kids_lock);
+    pthread_mutex_unlock(&g_watch_lock);
     return fired;
 }
 
 /* Should a workload loop stop: a signal, or the deadline (*timed_out). */
 static bool halt(bool *timed_out) {
     if (stopping()) return true;
-    if (now_ns() >= atomic_load_explicit(&g_deadline, memory_order_relaxed)) {
+    if (bu_now_ns() >=
+        atomic_load_explicit(&g_deadline, memory_order_relaxed)) {
         *timed_out = true;
         return true;
     }
@@ -752,7 +397,7 @@ typedef struct result {
     double mb_per_sec;  /* 10^6 bytes per second; NAN where it does not apply */
     double p50, p99;    /* microseconds per operation; NAN if not per-op */
     double vs_ext4;     /* throughput over ext4's; NAN without ext4 */
-    errs errs;
+    bu_tally errs;
     bool stopped; /* reached the workload timeout */
     bool failed;  /* nothing could be measured */
     char note[768];
@@ -791,53 +436,23 @@ static double rate_of(const result *r) {
     return !isnan(r->mb_per_sec) ? r->mb_per_sec : r->ops_per_sec;
 }
 
-static void json_num(const char *name, double v) {
-    if (isnan(v) || isinf(v))
-        printf(",\"%s\":null", name);
-    else
-        printf(",\"%s\":%.6g", name, v);
-}
-
-static void json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
-}
-
 static void print_json(const result *r) {
     printf("{\"target\":");
-    json_str(r->target);
+    bu_json_str(stdout, r->target);
     printf(",\"workload\":\"%s\",\"threads\":%d,\"ops\":%" PRIu64
            ",\"bytes\":%" PRIu64,
            wl_names[r->wl], r->threads, r->ops, r->bytes);
-    json_num("seconds", r->secs);
-    json_num("ops_per_sec", r->ops_per_sec);
-    json_num("mb_per_sec", r->mb_per_sec);
-    json_num("p50_us", r->p50);
-    json_num("p99_us", r->p99);
-    json_num("vs_ext4", r->vs_ext4);
-    printf(",\"errors\":%" PRIu64 ",\"error_kinds\":{", r->errs.total);
-    for (int i = 0; i < r->errs.n; i++) {
-        char kind[96];
-        snprintf(kind, sizeof kind, "%s %s", r->errs.e[i].op,
-                 code_short(r->errs.e[i].code));
-        printf("%s", i ? "," : "");
-        json_str(kind);
-        printf(":%" PRIu64, r->errs.e[i].count);
-    }
-    if (r->errs.other)
-        printf("%s\"other\":%" PRIu64, r->errs.n ? "," : "", r->errs.other);
-    printf("},\"stopped\":%s,\"failed\":%s,\"note\":",
+    bu_json_num(stdout, "seconds", r->secs);
+    bu_json_num(stdout, "ops_per_sec", r->ops_per_sec);
+    bu_json_num(stdout, "mb_per_sec", r->mb_per_sec);
+    bu_json_num(stdout, "p50_us", r->p50);
+    bu_json_num(stdout, "p99_us", r->p99);
+    bu_json_num(stdout, "vs_ext4", r->vs_ext4);
+    printf(",\"errors\":%" PRIu64 ",\"error_kinds\":", r->errs.total);
+    bu_tally_json(stdout, &r->errs, kind_name);
+    printf(",\"stopped\":%s,\"failed\":%s,\"note\":",
            r->stopped ? "true" : "false", r->failed ? "true" : "false");
-    json_str(r->note);
+    bu_json_str(stdout, r->note);
     printf("}\n");
 }
 
@@ -849,24 +464,17 @@ static void print_row_header(void) {
            "p50_us", "p99_us", "vs_ext4", "errors");
 }
 
-static void fmt_num(char *b, size_t n, double v, const char *f) {
-    if (isnan(v))
-        snprintf(b, n, "-");
-    else
-        snprintf(b, n, f, v);
-}
-
 static void print_row(const result *r) {
     char thr[8], ops[24], mb[24], secs[24], p50[24], p99[24], ratio[24],
         err[48];
     snprintf(thr, sizeof thr, "%d", r->threads);
-    fmt_num(ops, sizeof ops, r->ops_per_sec, "%.0f");
-    fmt_num(mb, sizeof mb, r->mb_per_sec, "%.1f");
-    fmt_num(secs, sizeof secs, r->secs, "%.4g");
-    fmt_num(p50, sizeof p50, r->p50, "%.1f");
-    fmt_num(p99, sizeof p99, r->p99, "%.1f");
-    fmt_num(ratio, sizeof ratio, r->vs_ext4,
-            r->vs_ext4 >= 1 ? "%.2fx" : "%.2gx");
+    bu_fmt_num(ops, sizeof ops, r->ops_per_sec, "%.0f");
+    bu_fmt_num(mb, sizeof mb, r->mb_per_sec, "%.1f");
+    bu_fmt_num(secs, sizeof secs, r->secs, "%.4g");
+    bu_fmt_num(p50, sizeof p50, r->p50, "%.1f");
+    bu_fmt_num(p99, sizeof p99, r->p99, "%.1f");
+    bu_fmt_num(ratio, sizeof ratio, r->vs_ext4,
+               r->vs_ext4 >= 1 ? "%.2fx" : "%.2gx");
     if (r->errs.total)
         snprintf(err, sizeof err, "%" PRIu64 " %s", r->errs.total,
                  code_short(r->errs.e[0].code));
@@ -886,12 +494,7 @@ static void print_row_notes(FILE *f, const result *r, bool label) {
                  r->threads);
     if (r->errs.total) {
         fprintf(f, "    %serrors:", who);
-        for (int i = 0; i < r->errs.n; i++)
-            fprintf(f, "%s %" PRIu64 " x %s %s (%s)", i ? "," : "",
-                    r->errs.e[i].count, r->errs.e[i].op,
-                    code_short(r->errs.e[i].code),
-                    code_text(r->errs.e[i].code));
-        if (r->errs.other) fprintf(f, ", %" PRIu64 " x other", r->errs.other);
+        bu_tally_print(f, &r->errs, kind_text);
         fprintf(f, "\n");
     }
     if (r->stopped) fprintf(f, "    %sSTOPPED at the workload timeout\n", who);
@@ -983,25 +586,25 @@ static void fusermount_u(const char *mnt, bool lazy, const char *log) {
     if (lazy) argv[n++] = "-z";
     argv[n++] = (char *)mnt;
     argv[n] = NULL;
-    int slot = spawn(K_UTIL, -1, "fusermount3", argv, log, log);
+    int slot = bu_spawn(&g_procs, -1, K_UTIL, "fusermount3", argv, log, log);
     if (slot < 0) return;
     bool killed;
-    if (!kid_wait(slot, 30000))
+    if (!bu_child_wait(&g_procs, slot, 30000))
         fprintf(stderr, "fs_bench: fusermount3 -u '%s' hangs; killing it\n",
                 mnt);
-    kid_stop(slot, 1000, &killed);
+    bu_child_stop(&g_procs, slot, 1000, &killed);
 }
 
 /* Unmount mnt if mounted: fusermount3 -u (three tries), then -u -z.
  * true if it is no longer mounted. */
 static bool unmount(const char *mnt, const char *log) {
     for (int i = 0; i < 3 && is_mounted(mnt); i++) {
-        if (i) sleep_ms(1000);
+        if (i) bu_sleep_ms(1000);
         fusermount_u(mnt, false, log);
     }
     if (is_mounted(mnt)) {
         fprintf(stderr, "fs_bench: '%s' is still mounted; lazy unmount\n", mnt);
-        if (log) print_log_tail(stderr, log, 4);
+        if (log) bu_print_log_tail(stderr, log, "    ", 4);
         fusermount_u(mnt, true, log);
     }
     bool gone = !is_mounted(mnt);
@@ -1012,13 +615,13 @@ static bool unmount(const char *mnt, const char *log) {
 /* Is the filesystem process (or node) in slot still running? If not,
  * report it with its log. */
 static bool fs_alive(const cfg *c, target *t, int slot, const char *when) {
-    if (slot < 0 || !kid_exited(slot)) return true;
+    if (slot < 0 || !bu_child_exited(&g_procs, slot)) return true;
     char how[64], log[PATH_MAX], name[32];
-    snprintf(log, sizeof log, "%s", g_kids[slot].log);
-    snprintf(name, sizeof name, "%s", g_kids[slot].name);
-    describe_status(kid_reap(slot), how, sizeof how);
+    snprintf(log, sizeof log, "%s", g_procs.c[slot].log);
+    snprintf(name, sizeof name, "%s", g_procs.c[slot].name);
+    bu_describe_status(bu_child_reap(&g_procs, slot), how, sizeof how);
     fprintf(info_out(c), "%s: '%s' exited (%s) %s\n", t->name, name, how, when);
-    print_log_tail(info_out(c), log, 12);
+    bu_print_log_tail(info_out(c), log, "    ", 12);
     if (slot == t->mount_slot) t->mount_slot = -1;
     for (int i = 0; i < t->nnodes; i++)
         if (t->node_slots[i] == slot) t->node_slots[i] = -1;
@@ -1037,7 +640,7 @@ static bool target_alive(const cfg *c, target *t, const char *when) {
  * errno value of the call that failed (named in *op). */
 static int probe(const char *root, const char **op) {
     char path[PATH_MAX];
-    if (path_fmt(path, sizeof path, "%s/.fs_bench_probe", root)) {
+    if (bu_path_fmt(path, sizeof path, "%s/.fs_bench_probe", root)) {
         *op = "path";
         return ENAMETOOLONG;
     }
@@ -1064,16 +667,17 @@ static int probe(const char *root, const char **op) {
  * exits (a cluster's ring may still be settling), for SETUP_TIMEOUT_S. */
 static int mount_start(const cfg *c, target *t, char *const argv[]) {
     char log[PATH_MAX];
-    if (path_fmt(log, sizeof log, "%s/mount.log", t->home)) return -1;
-    uint64_t t0 = now_ns(),
+    if (bu_path_fmt(log, sizeof log, "%s/mount.log", t->home)) return -1;
+    uint64_t t0 = bu_now_ns(),
              deadline = t0 + (uint64_t)SETUP_TIMEOUT_S * 1000000000u;
     int starts = 0, last_err = 0;
     const char *last_op = "";
     bool mounted = false;
-    while (!stopping() && now_ns() < deadline) {
+    while (!stopping() && bu_now_ns() < deadline) {
         if (t->mount_slot < 0) {
-            if (starts++) sleep_ms(1000);
-            t->mount_slot = spawn(K_FS, t->id, "mount", argv, log, log);
+            if (starts++) bu_sleep_ms(1000);
+            t->mount_slot =
+                bu_spawn(&g_procs, t->id, K_FS, "mount", argv, log, log);
             if (t->mount_slot < 0) return -1;
             mount_register(t->mnt);
         }
@@ -1087,9 +691,9 @@ static int mount_start(const cfg *c, target *t, char *const argv[]) {
             mounted = statfs(t->mnt, &sf) == 0 && sf.f_type == FUSE_MAGIC;
             if (mounted)
                 fprintf(info_out(c), "%s: mounted %s after %.1f s\n", t->name,
-                        t->mnt, secs_since(t0));
+                        t->mnt, bu_secs_since(t0));
             if (!mounted) {
-                sleep_ms(20);
+                bu_sleep_ms(20);
                 continue;
             }
         }
@@ -1098,10 +702,10 @@ static int mount_start(const cfg *c, target *t, char *const argv[]) {
             fprintf(info_out(c),
                     "%s: a file could be created after %.1f s (%d mount "
                     "process%s started)\n",
-                    t->name, secs_since(t0), starts, starts > 1 ? "es" : "");
+                    t->name, bu_secs_since(t0), starts, starts > 1 ? "es" : "");
             return 0;
         }
-        sleep_ms(200);
+        bu_sleep_ms(200);
     }
     if (!stopping()) {
         fprintf(info_out(c), "%s: not usable after %d s: %s\n", t->name,
@@ -1111,7 +715,7 @@ static int mount_start(const cfg *c, target *t, char *const argv[]) {
         if (mounted && last_err)
             fprintf(info_out(c), "    last error: %s: %s (%s)\n", last_op,
                     code_short(last_err), strerror(last_err));
-        print_log_tail(info_out(c), log, 12);
+        bu_print_log_tail(info_out(c), log, "    ", 12);
     }
     return -1;
 }
@@ -1127,9 +731,9 @@ static int make_dir(const char *path) {
 
 static int start_embedded(const cfg *c, target *t) {
     char data[PATH_MAX];
-    if (path_fmt(data, sizeof data, "%s/data", t->home) ||
-        path_fmt(t->mnt, sizeof t->mnt, "%s/mnt", t->home) || make_dir(data) ||
-        make_dir(t->mnt))
+    if (bu_path_fmt(data, sizeof data, "%s/data", t->home) ||
+        bu_path_fmt(t->mnt, sizeof t->mnt, "%s/mnt", t->home) ||
+        make_dir(data) || make_dir(t->mnt))
         return -1;
     char *argv[] = {(char *)c->qbin, "--log-level", "warn", "mount", "-f",
                     "--data",        data,          t->mnt, NULL};
@@ -1143,8 +747,8 @@ static int start_embedded(const cfg *c, target *t) {
 /* Wait for "serving on ADDR" in a node's log. */
 static int node_addr(const cfg *c, target *t, int slot, const char *log,
                      char *addr, size_t len) {
-    uint64_t deadline = now_ns() + 15000000000u;
-    while (!stopping() && now_ns() < deadline) {
+    uint64_t deadline = bu_now_ns() + 15000000000u;
+    while (!stopping() && bu_now_ns() < deadline) {
         FILE *f = fopen(log, "r");
         char line[512];
         while (f && fgets(line, sizeof line, f)) {
@@ -1161,24 +765,24 @@ static int node_addr(const cfg *c, target *t, int slot, const char *log,
         }
         if (f) fclose(f);
         if (!fs_alive(c, t, slot, "while starting")) return -1;
-        sleep_ms(20);
+        bu_sleep_ms(20);
     }
     if (!stopping()) {
         fprintf(info_out(c), "%s: no \"serving on\" line in '%s'\n", t->name,
                 log);
-        print_log_tail(info_out(c), log, 12);
+        bu_print_log_tail(info_out(c), log, "    ", 12);
     }
     return -1;
 }
 
 static int start_cluster(const cfg *c, target *t) {
     char addrs[CLUSTER_NODES][64], join[CLUSTER_NODES * 64 + 8] = "";
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bu_now_ns();
     for (int k = 0; k < CLUSTER_NODES; k++) {
         char data[PATH_MAX], log[PATH_MAX], name[8];
         snprintf(name, sizeof name, "n%d", k);
-        if (path_fmt(data, sizeof data, "%s/%s", t->home, name) ||
-            path_fmt(log, sizeof log, "%s/%s.log", t->home, name) ||
+        if (bu_path_fmt(data, sizeof data, "%s/%s", t->home, name) ||
+            bu_path_fmt(log, sizeof log, "%s/%s.log", t->home, name) ||
             make_dir(data))
             return -1;
         char *argv[16] = {(char *)c->qbin,
@@ -1199,7 +803,7 @@ static int start_cluster(const cfg *c, target *t) {
             argv[13] = addrs[0];
             argv[14] = NULL;
         }
-        int slot = spawn(K_FS, t->id, name, argv, log, log);
+        int slot = bu_spawn(&g_procs, t->id, K_FS, name, argv, log, log);
         if (slot < 0) return -1;
         t->node_slots[t->nnodes++] = slot;
         if (node_addr(c, t, slot, log, addrs[k], sizeof addrs[k])) return -1;
@@ -1208,8 +812,9 @@ static int start_cluster(const cfg *c, target *t) {
                  addrs[k]);
     }
     fprintf(info_out(c), "%s: nodes %s started in %.1f s (gossip 100 ms)\n",
-            t->name, join, secs_since(t0));
-    if (path_fmt(t->mnt, sizeof t->mnt, "%s/mnt", t->home) || make_dir(t->mnt))
+            t->name, join, bu_secs_since(t0));
+    if (bu_path_fmt(t->mnt, sizeof t->mnt, "%s/mnt", t->home) ||
+        make_dir(t->mnt))
         return -1;
     char *argv[] = {(char *)c->qbin,
                     "--log-level",
@@ -1231,8 +836,8 @@ static int start_cluster(const cfg *c, target *t) {
 
 /* A fresh directory for a local file system target: under parent. */
 static int start_local(const cfg *c, target *t, const char *parent) {
-    if (path_fmt(t->root, sizeof t->root, "%s/fs_bench-%s.XXXXXX", parent,
-                 t->id == T_EXT4 ? "ext4" : "dir") ||
+    if (bu_path_fmt(t->root, sizeof t->root, "%s/fs_bench-%s.XXXXXX", parent,
+                    t->id == T_EXT4 ? "ext4" : "dir") ||
         !mkdtemp(t->root)) {
         fprintf(stderr, "fs_bench: cannot create a directory in '%s': %s\n",
                 parent, strerror(errno));
@@ -1252,7 +857,8 @@ static int start_local(const cfg *c, target *t, const char *parent) {
 }
 
 static int target_start(const cfg *c, target *t) {
-    if (path_fmt(t->home, sizeof t->home, "%s/%s", g_run, tgt_names[t->id]) ||
+    if (bu_path_fmt(t->home, sizeof t->home, "%s/%s", g_run,
+                    tgt_names[t->id]) ||
         make_dir(t->home))
         return -1;
     switch (t->id) {
@@ -1276,7 +882,7 @@ static int target_stop(const cfg *c, target *t) {
     char log[PATH_MAX] = "";
     bool gone = true;
     if (t->mnt[0]) {
-        path_fmt(log, sizeof log, "%s/mount.log", t->home);
+        bu_path_fmt(log, sizeof log, "%s/mount.log", t->home);
         gone = unmount(t->mnt, log);
         if (!gone) rc = -1;
     }
@@ -1284,20 +890,20 @@ static int target_stop(const cfg *c, target *t) {
         /* After the unmount it writes back what is dirty and exits. */
         bool killed = false;
         int st;
-        if (kid_wait(t->mount_slot, 60000))
-            st = kid_reap(t->mount_slot);
+        if (bu_child_wait(&g_procs, t->mount_slot, 60000))
+            st = bu_child_reap(&g_procs, t->mount_slot);
         else
-            st = kid_stop(t->mount_slot, 10000, &killed);
+            st = bu_child_stop(&g_procs, t->mount_slot, 10000, &killed);
         t->mount_slot = -1;
         /* On our SIGTERM (an interrupted run) its status says nothing. */
         if (!stopping() && (killed || !WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
             char how[64];
-            describe_status(st, how, sizeof how);
+            bu_describe_status(st, how, sizeof how);
             fprintf(info_out(c), "%s: the mount process %s (%s)\n", t->name,
                     killed ? "did not exit after the unmount; killed"
                            : "ended badly",
                     how);
-            print_log_tail(info_out(c), log, 12);
+            bu_print_log_tail(info_out(c), log, "    ", 12);
             rc = -1;
         }
     }
@@ -1305,19 +911,19 @@ static int target_stop(const cfg *c, target *t) {
         if (t->node_slots[i] < 0) continue;
         bool killed;
         char nlog[PATH_MAX];
-        snprintf(nlog, sizeof nlog, "%s", g_kids[t->node_slots[i]].log);
-        int st = kid_stop(t->node_slots[i], 15000, &killed);
+        snprintf(nlog, sizeof nlog, "%s", g_procs.c[t->node_slots[i]].log);
+        int st = bu_child_stop(&g_procs, t->node_slots[i], 15000, &killed);
         t->node_slots[i] = -1;
         if (killed) {
             fprintf(info_out(c), "%s: node n%d did not stop; killed\n", t->name,
                     i);
-            print_log_tail(info_out(c), nlog, 6);
+            bu_print_log_tail(info_out(c), nlog, "    ", 6);
         }
         (void)st;
     }
     if (!c->keep && gone) {
-        if (t->root_ours) rm_rf(t->root);
-        rm_rf(t->home);
+        if (t->root_ours) bu_rm_rf(t->root);
+        bu_rm_rf(t->home);
     }
     free(t->small_made);
     t->small_made = NULL;
@@ -1330,7 +936,7 @@ static int target_stop(const cfg *c, target *t) {
 /* A fresh directory root/<base>-<seq> into out. */
 static int fresh_dir(target *t, const char *base, char *out, size_t len,
                      result *r) {
-    if (path_fmt(out, len, "%s/%s-%d", t->root, base, ++t->seq)) {
+    if (bu_path_fmt(out, len, "%s/%s-%d", t->root, base, ++t->seq)) {
         errs_add(&r->errs, "mkdir", ENAMETOOLONG);
         return -1;
     }
@@ -1342,14 +948,36 @@ static int fresh_dir(target *t, const char *base, char *out, size_t len,
     return 0;
 }
 
+/* Should a workload's loop stop: a signal, the deadline (r->stopped) or
+ * GIVE_UP errors (noted in r)? */
+static bool must_stop(result *r) {
+    if (halt(&r->stopped)) return true;
+    if (r->errs.total >= GIVE_UP) {
+        note_add(r, "gave up after %d errors", GIVE_UP);
+        return true;
+    }
+    return false;
+}
+
+/* Fill in a workload of ops measured calls over secs, their latencies in
+ * h. No call at all fails it. */
+static void finish_ops(result *r, const bu_hist *h, uint64_t ops, double secs) {
+    r->ops = ops;
+    r->secs = secs;
+    r->ops_per_sec = secs > 0 ? (double)ops / secs : NAN;
+    r->p50 = bu_hist_midpoint_us(h, 0.50);
+    r->p99 = bu_hist_midpoint_us(h, 0.99);
+    if (ops == 0) r->failed = true;
+}
+
 /* One thread's share of a create: n files in dir. */
 typedef struct cjob {
     char dir[PATH_MAX];
     int n, set;
     bool prep; /* unmeasured preparation: op names say so */
     uint8_t *made;
-    hist h;
-    errs e;
+    bu_hist h;
+    bu_tally e;
     uint64_t ok;
     bool timed_out, gave_up;
     pthread_t th;
@@ -1365,7 +993,7 @@ static void *create_main(void *arg) {
             break;
         }
         snprintf(path, sizeof path, "%s/f%07d", j->dir, i);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = bu_now_ns();
         int fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
         if (fd < 0) {
             errs_add(&j->e, j->prep ? "prep open" : "open", errno);
@@ -1378,7 +1006,7 @@ static void *create_main(void *arg) {
             rc = -1;
         }
         if (rc) continue;
-        hist_add(&j->h, now_ns() - t0);
+        bu_hist_add(&j->h, bu_now_ns() - t0);
         j->made[i] = 1;
         j->ok++;
     }
@@ -1388,7 +1016,7 @@ static void *create_main(void *arg) {
 /* Run the jobs, one thread each, with signals blocked in the threads. */
 static int run_jobs(cjob *jobs, int n, result *r) {
     sigset_t old;
-    block_signals(&old);
+    bu_signals_block(&old);
     int started = 0;
     for (; started < n; started++)
         if (pthread_create(&jobs[started].th, NULL, create_main,
@@ -1404,122 +1032,160 @@ static int run_jobs(cjob *jobs, int n, result *r) {
     return 0;
 }
 
-/* Make the small files stat, read and unlink work on, unless the last
- * create left them. */
-static int ensure_small(const cfg *c, target *t, result *r) {
-    if (t->small_ready) return 0;
-    cjob *j = calloc(1, sizeof *j);
-    uint8_t *made = calloc((size_t)c->files, 1);
-    int rc = -1;
-    if (!j || !made) {
-        note_add(r, "out of memory");
-        goto out;
-    }
-    if (fresh_dir(t, "files", j->dir, sizeof j->dir, r)) goto out;
-    j->n = c->files;
-    j->set = t->seq;
-    j->prep = true;
-    j->made = made;
-    uint64_t t0 = now_ns();
-    if (run_jobs(j, 1, r)) goto out;
-    errs_merge(&r->errs, &j->e);
-    r->stopped |= j->timed_out;
-    if (j->ok == 0) {
-        note_add(r, "could not make any file to work on");
-        goto out;
-    }
-    note_add(r, "made %" PRIu64 " files first (unmeasured, %.1f s)", j->ok,
-             secs_since(t0));
-    snprintf(t->small_dir, sizeof t->small_dir, "%s", j->dir);
-    t->small_set = j->set;
-    free(t->small_made);
-    t->small_made = made;
-    made = NULL;
-    t->small_ready = true;
-    rc = 0;
-out:
-    if (rc) r->failed = true;
-    free(made);
-    free(j);
-    return rc;
+/* Free n jobs from create_files, and the files-made maps they still own;
+ * NULL is ignored. */
+static void jobs_free(cjob *jobs, int n) {
+    if (!jobs) return;
+    for (int i = 0; i < n; i++) free(jobs[i].made);
+    free(jobs);
 }
 
-static void finish_ops(result *r, const hist *h, uint64_t ops, double secs) {
-    r->ops = ops;
-    r->secs = secs;
-    r->ops_per_sec = secs > 0 ? (double)ops / secs : NAN;
-    r->p50 = hist_quantile_us(h, 0.50);
-    r->p99 = hist_quantile_us(h, 0.99);
-    if (ops == 0) r->failed = true;
-}
-
-static void wl_create(const cfg *c, target *t, result *r) {
-    int n = r->threads;
+/* Create c->files small files from each of n threads in a fresh directory
+ * named after base (with n > 1, each thread in a subdirectory of its own);
+ * prep names the calls as unmeasured preparation in errors. Returns the
+ * jobs run, with their counts, latencies and files made (the caller frees
+ * them with jobs_free), and *secs the time they took; NULL, with r failed,
+ * if they could not run. */
+static cjob *create_files(const cfg *c, target *t, result *r, int n,
+                          const char *base, bool prep, double *secs) {
     cjob *jobs = calloc((size_t)n, sizeof *jobs);
-    hist *h = calloc(1, sizeof *h);
     char top[PATH_MAX];
-    if (!jobs || !h) {
+    if (!jobs) {
         note_add(r, "out of memory");
-        r->failed = true;
-        goto out;
+        goto fail;
     }
-    if (fresh_dir(t, n == 1 ? "create1" : "create4", top, sizeof top, r)) {
-        r->failed = true;
-        goto out;
-    }
+    if (fresh_dir(t, base, top, sizeof top, r)) goto fail;
     for (int i = 0; i < n; i++) {
         cjob *j = &jobs[i];
         if (n == 1) {
             snprintf(j->dir, sizeof j->dir, "%s", top);
-        } else if (path_fmt(j->dir, sizeof j->dir, "%s/t%d", top, i) ||
+        } else if (bu_path_fmt(j->dir, sizeof j->dir, "%s/t%d", top, i) ||
                    mkdir(j->dir, 0755) != 0) {
             errs_add(&r->errs, "mkdir", errno);
-            r->failed = true;
-            goto out;
+            goto fail;
         }
         j->n = c->files;
         j->set = t->seq * 16 + i;
+        j->prep = prep;
+        bu_hist_init(&j->h, HIST_SUB_BITS);
         j->made = calloc((size_t)c->files, 1);
         if (!j->made) {
-            r->failed = true;
-            goto out;
+            note_add(r, "out of memory");
+            goto fail;
         }
     }
-    uint64_t t0 = now_ns();
-    if (run_jobs(jobs, n, r)) goto out;
-    double secs = secs_since(t0);
+    uint64_t t0 = bu_now_ns();
+    if (run_jobs(jobs, n, r)) goto fail;
+    *secs = bu_secs_since(t0);
+    return jobs;
+fail:
+    r->failed = true;
+    jobs_free(jobs, n);
+    return NULL;
+}
+
+/* Make the files job j created the ones stat, read and unlink work on;
+ * the target takes over j->made. */
+static void small_adopt(target *t, cjob *j) {
+    snprintf(t->small_dir, sizeof t->small_dir, "%s", j->dir);
+    t->small_set = j->set;
+    free(t->small_made);
+    t->small_made = j->made;
+    j->made = NULL;
+    t->small_ready = true;
+}
+
+/* Make the small files stat, read and unlink work on, unless the last
+ * create left them. 0, or -1 with r failed. */
+static int ensure_small(const cfg *c, target *t, result *r) {
+    if (t->small_ready) return 0;
+    double secs;
+    cjob *j = create_files(c, t, r, 1, "files", true, &secs);
+    if (!j) return -1;
+    bu_tally_merge(&r->errs, &j->e);
+    r->stopped |= j->timed_out;
+    int rc = -1;
+    if (j->ok == 0) {
+        note_add(r, "could not make any file to work on");
+        r->failed = true;
+    } else {
+        note_add(r, "made %" PRIu64 " files first (unmeasured, %.1f s)", j->ok,
+                 secs);
+        small_adopt(t, j);
+        rc = 0;
+    }
+    jobs_free(j, 1);
+    return rc;
+}
+
+static void wl_create(const cfg *c, target *t, result *r) {
+    int n = r->threads;
+    double secs;
+    cjob *jobs =
+        create_files(c, t, r, n, n == 1 ? "create1" : "create4", false, &secs);
+    if (!jobs) return;
     uint64_t ok = 0;
     for (int i = 0; i < n; i++) {
-        hist_merge(h, &jobs[i].h);
-        errs_merge(&r->errs, &jobs[i].e);
+        if (i) bu_hist_merge(&jobs[0].h, &jobs[i].h); /* all in the first */
+        bu_tally_merge(&r->errs, &jobs[i].e);
         ok += jobs[i].ok;
         r->stopped |= jobs[i].timed_out;
         if (jobs[i].gave_up)
             note_add(r, "thread %d gave up after %d errors", i, GIVE_UP);
     }
-    finish_ops(r, h, ok, secs);
-    if (n == 1 && ok > 0) { /* stat, read and unlink work on these */
-        snprintf(t->small_dir, sizeof t->small_dir, "%s", jobs[0].dir);
-        t->small_set = jobs[0].set;
-        free(t->small_made);
-        t->small_made = jobs[0].made;
-        jobs[0].made = NULL;
-        t->small_ready = true;
+    finish_ops(r, &jobs[0].h, ok, secs);
+    /* stat, read and unlink work on these */
+    if (n == 1 && ok > 0) small_adopt(t, &jobs[0]);
+    jobs_free(jobs, n);
+}
+
+/* One measured call on small file i (at path): 0 with its latency in *ns,
+ * or -1 after counting its error in r. */
+typedef int (*small_fn)(target *t, result *r, int i, const char *path,
+                        uint64_t *ns);
+
+/* The measured loop of stat, read and unlink: fn on each small file made,
+ * in order, until the deadline or GIVE_UP errors. -1 (r failed) if the
+ * files could not be made, else 0. */
+static int small_pass(const cfg *c, target *t, result *r, small_fn fn) {
+    bu_hist *h = bu_hist_new(HIST_SUB_BITS);
+    if (!h || ensure_small(c, t, r)) {
+        r->failed = true;
+        bu_hist_free(h);
+        return -1;
     }
-out:
-    if (jobs)
-        for (int i = 0; i < n; i++) free(jobs[i].made);
-    free(jobs);
-    free(h);
+    char path[PATH_BUF];
+    uint64_t ok = 0, t0 = bu_now_ns();
+    for (int i = 0; i < c->files; i++) {
+        if (!t->small_made[i]) continue;
+        if (must_stop(r)) break;
+        snprintf(path, sizeof path, "%s/f%07d", t->small_dir, i);
+        uint64_t ns;
+        if (fn(t, r, i, path, &ns)) continue;
+        bu_hist_add(h, ns);
+        ok++;
+    }
+    finish_ops(r, h, ok, bu_secs_since(t0));
+    bu_hist_free(h);
+    return 0;
+}
+
+static int stat_one(target *t, result *r, int i, const char *path,
+                    uint64_t *ns) {
+    struct stat st;
+    uint64_t a = bu_now_ns();
+    if (stat(path, &st) != 0) {
+        errs_add(&r->errs, "stat", errno);
+        return -1;
+    }
+    *ns = bu_now_ns() - a;
+    if (st.st_size != SMALL_SIZE) errs_add(&r->errs, "stat size", ERR_DATA);
+    return 0;
 }
 
 static void wl_stat(const cfg *c, target *t, result *r) {
-    hist *h = calloc(1, sizeof *h);
-    if (!h || ensure_small(c, t, r)) {
-        r->failed = true;
-        free(h);
-        return;
-    }
+    if (ensure_small(c, t, r)) return;
+    /* An unmeasured pass first: the measured one is of warm stats. */
     char path[PATH_BUF];
     struct stat st;
     for (int i = 0; i < c->files && !halt(&r->stopped); i++) {
@@ -1527,99 +1193,53 @@ static void wl_stat(const cfg *c, target *t, result *r) {
         snprintf(path, sizeof path, "%s/f%07d", t->small_dir, i);
         if (stat(path, &st) != 0) errs_add(&r->errs, "stat (warm-up)", errno);
     }
-    uint64_t ok = 0, t0 = now_ns();
-    for (int i = 0; i < c->files; i++) {
-        if (!t->small_made[i]) continue;
-        if (halt(&r->stopped)) break;
-        if (r->errs.total >= GIVE_UP) {
-            note_add(r, "gave up after %d errors", GIVE_UP);
-            break;
-        }
-        snprintf(path, sizeof path, "%s/f%07d", t->small_dir, i);
-        uint64_t a = now_ns();
-        if (stat(path, &st) != 0) {
-            errs_add(&r->errs, "stat", errno);
-            continue;
-        }
-        hist_add(h, now_ns() - a);
-        if (st.st_size != SMALL_SIZE) errs_add(&r->errs, "stat size", ERR_DATA);
-        ok++;
+    small_pass(c, t, r, stat_one);
+}
+
+/* Open, read and close small file i; the bytes must be those written. */
+static int read_one(target *t, result *r, int i, const char *path,
+                    uint64_t *ns) {
+    uint8_t buf[SMALL_SIZE];
+    uint64_t a = bu_now_ns();
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        errs_add(&r->errs, "open", errno);
+        return -1;
     }
-    finish_ops(r, h, ok, secs_since(t0));
-    free(h);
+    ssize_t got = read_all(fd, buf, SMALL_SIZE);
+    int cerr = close(fd) != 0 ? errno : 0;
+    *ns = bu_now_ns() - a;
+    if (got < 0)
+        errs_add(&r->errs, "read", (int)-got);
+    else if (got != SMALL_SIZE)
+        errs_add(&r->errs, "read", ERR_SHORT);
+    else if (memcmp(buf, small_src(t->small_set, i), SMALL_SIZE))
+        errs_add(&r->errs, "read", ERR_DATA);
+    else if (cerr)
+        errs_add(&r->errs, "close", cerr);
+    else
+        return 0;
+    return -1;
 }
 
 static void wl_read(const cfg *c, target *t, result *r) {
-    hist *h = calloc(1, sizeof *h);
-    if (!h || ensure_small(c, t, r)) {
-        r->failed = true;
-        free(h);
-        return;
+    small_pass(c, t, r, read_one);
+}
+
+static int unlink_one(target *t, result *r, int i, const char *path,
+                      uint64_t *ns) {
+    uint64_t a = bu_now_ns();
+    if (unlink(path) != 0) {
+        errs_add(&r->errs, "unlink", errno);
+        return -1;
     }
-    char path[PATH_BUF];
-    uint8_t buf[SMALL_SIZE];
-    uint64_t ok = 0, t0 = now_ns();
-    for (int i = 0; i < c->files; i++) {
-        if (!t->small_made[i]) continue;
-        if (halt(&r->stopped)) break;
-        if (r->errs.total >= GIVE_UP) {
-            note_add(r, "gave up after %d errors", GIVE_UP);
-            break;
-        }
-        snprintf(path, sizeof path, "%s/f%07d", t->small_dir, i);
-        uint64_t a = now_ns();
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            errs_add(&r->errs, "open", errno);
-            continue;
-        }
-        ssize_t got = read_all(fd, buf, SMALL_SIZE);
-        int cerr = close(fd) != 0 ? errno : 0;
-        uint64_t lat = now_ns() - a;
-        if (got < 0) {
-            errs_add(&r->errs, "read", (int)-got);
-        } else if (got != SMALL_SIZE) {
-            errs_add(&r->errs, "read", ERR_SHORT);
-        } else if (memcmp(buf, small_src(t->small_set, i), SMALL_SIZE)) {
-            errs_add(&r->errs, "read", ERR_DATA);
-        } else if (cerr) {
-            errs_add(&r->errs, "close", cerr);
-        } else {
-            hist_add(h, lat);
-            ok++;
-        }
-    }
-    finish_ops(r, h, ok, secs_since(t0));
-    free(h);
+    *ns = bu_now_ns() - a;
+    t->small_made[i] = 0;
+    return 0;
 }
 
 static void wl_unlink(const cfg *c, target *t, result *r) {
-    hist *h = calloc(1, sizeof *h);
-    if (!h || ensure_small(c, t, r)) {
-        r->failed = true;
-        free(h);
-        return;
-    }
-    char path[PATH_BUF];
-    uint64_t ok = 0, t0 = now_ns();
-    for (int i = 0; i < c->files; i++) {
-        if (!t->small_made[i]) continue;
-        if (halt(&r->stopped)) break;
-        if (r->errs.total >= GIVE_UP) {
-            note_add(r, "gave up after %d errors", GIVE_UP);
-            break;
-        }
-        snprintf(path, sizeof path, "%s/f%07d", t->small_dir, i);
-        uint64_t a = now_ns();
-        if (unlink(path) != 0) {
-            errs_add(&r->errs, "unlink", errno);
-            continue;
-        }
-        hist_add(h, now_ns() - a);
-        t->small_made[i] = 0;
-        ok++;
-    }
-    finish_ops(r, h, ok, secs_since(t0));
+    if (small_pass(c, t, r, unlink_one)) return;
     t->small_ready = false;
     /* The directory should now be empty: a check, not measured. */
     if (r->errs.total == 0 && !r->stopped && rmdir(t->small_dir) != 0)
@@ -1635,7 +1255,7 @@ static int ensure_entries(const cfg *c, target *t, result *r) {
     }
     char path[PATH_BUF];
     int made = 0;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bu_now_ns();
     for (int i = 0; i < c->entries; i++) {
         if (halt(&r->stopped)) break;
         if (r->errs.total >= GIVE_UP) break;
@@ -1652,7 +1272,7 @@ static int ensure_entries(const cfg *c, target *t, result *r) {
         made++;
     }
     note_add(r, "made %d entries first (unmeasured, %.1f s)", made,
-             secs_since(t0));
+             bu_secs_since(t0));
     if (made < c->entries) {
         note_add(r, "only %d of %d entries could be made", made, c->entries);
         r->failed = true;
@@ -1672,38 +1292,23 @@ static void note_passes(result *r, const double *v, int n) {
     note_add(r, "passes %s s, the median reported", buf);
 }
 
-static void wl_readdir(const cfg *c, target *t, result *r) {
-    if (ensure_entries(c, t, r)) return;
+/* Pass number p of a listing of t's entries: 0 with its time in *secs; 1
+ * if it failed (counted in r), so it does not count; -1 if the workload
+ * cannot go on (r failed). arg is the workload's own. */
+typedef int (*pass_fn)(target *t, result *r, int p, void *arg, double *secs);
+
+/* readdir and ls -l: LISTING_PASSES passes of fn (fewer at the deadline),
+ * the median of those that succeeded reported, in entries per second. */
+static void listing_passes(target *t, result *r, pass_fn fn, void *arg) {
     double pass[LISTING_PASSES], sorted[LISTING_PASSES];
     int np = 0;
     for (int p = 0; p < LISTING_PASSES && !halt(&r->stopped); p++) {
-        uint64_t t0 = now_ns();
-        DIR *d = opendir(t->entries_dir);
-        if (!d) {
-            errs_add(&r->errs, "opendir", errno);
-            continue;
-        }
-        int n = 0;
-        struct dirent *de;
-        for (;;) {
-            errno = 0;
-            if (!(de = readdir(d))) break;
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) n++;
-        }
-        int rerr = errno;
-        closedir(d);
-        double secs = secs_since(t0);
-        if (rerr) {
-            errs_add(&r->errs, "readdir", rerr);
-        } else if (n != t->entries_made) {
-            errs_add(&r->errs, "readdir", ERR_COUNT);
-            note_add(r, "pass %d listed %d of %d entries", p + 1, n,
-                     t->entries_made);
-        } else {
-            pass[np++] = secs;
-        }
+        double secs;
+        int rc = fn(t, r, p, arg, &secs);
+        if (rc < 0) return;
+        if (rc == 0) pass[np++] = secs;
     }
-    memcpy(sorted, pass, sizeof pass);
+    memcpy(sorted, pass, (size_t)np * sizeof *pass);
     r->secs = median(sorted, np);
     r->ops = (uint64_t)t->entries_made;
     r->ops_per_sec = np ? t->entries_made / r->secs : NAN;
@@ -1712,107 +1317,136 @@ static void wl_readdir(const cfg *c, target *t, result *r) {
         note_passes(r, pass, np);
     else
         r->failed = true;
+}
+
+/* opendir, readdir to the end and closedir; every entry must be listed. */
+static int readdir_pass(target *t, result *r, int p, void *arg, double *secs) {
+    uint64_t t0 = bu_now_ns();
+    DIR *d = opendir(t->entries_dir);
+    if (!d) {
+        errs_add(&r->errs, "opendir", errno);
+        return 1;
+    }
+    int n = 0;
+    struct dirent *de;
+    for (;;) {
+        errno = 0;
+        if (!(de = readdir(d))) break;
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) n++;
+    }
+    int rerr = errno;
+    closedir(d);
+    *secs = bu_secs_since(t0);
+    if (rerr) {
+        errs_add(&r->errs, "readdir", rerr);
+        return 1;
+    }
+    if (n != t->entries_made) {
+        errs_add(&r->errs, "readdir", ERR_COUNT);
+        note_add(r, "pass %d listed %d of %d entries", p + 1, n,
+                 t->entries_made);
+        return 1;
+    }
+    return 0;
+}
+
+static void wl_readdir(const cfg *c, target *t, result *r) {
+    if (ensure_entries(c, t, r)) return;
+    listing_passes(t, r, readdir_pass, NULL);
 }
 
 /* Run argv as a job of t: *secs from fork to exit, *status. The watchdog
  * kills it at the workload's deadline. 0, or -1 if it could not start. */
 static int job_run(target *t, const char *name, char *const argv[],
                    const char *err_log, double *secs, int *status) {
-    uint64_t t0 = now_ns();
-    int slot = spawn(K_JOB, t->id, name, argv, NULL, err_log);
+    uint64_t t0 = bu_now_ns();
+    int slot = bu_spawn(&g_procs, t->id, K_JOB, name, argv, NULL, err_log);
     if (slot < 0) return -1;
     siginfo_t si;
-    while (waitid(P_PID, (id_t)g_kids[slot].pid, &si, WEXITED | WNOWAIT) != 0 &&
+    while (waitid(P_PID, (id_t)g_procs.c[slot].pid, &si, WEXITED | WNOWAIT) !=
+               0 &&
            errno == EINTR) {
     }
-    *secs = secs_since(t0);
-    *status = kid_reap(slot);
+    *secs = bu_secs_since(t0);
+    *status = bu_child_reap(&g_procs, slot);
     return 0;
 }
 
 static void job_failed(result *r, const char *what, int status,
                        const char *log) {
     char how[64], line[200];
-    describe_status(status, how, sizeof how);
+    bu_describe_status(status, how, sizeof how);
     first_line(log, line, sizeof line);
     errs_add(&r->errs, what, ERR_EXIT);
     note_add(r, "%s: %s%s%s", what, how, line[0] ? ": " : "", line);
 }
 
+/* ls -l of the entries: its command line and the log of its stderr. */
+typedef struct lsl_job {
+    char log[PATH_MAX];
+    char *argv[4];
+} lsl_job;
+
+static int lsl_pass(target *t, result *r, int p, void *arg, double *secs) {
+    lsl_job *j = arg;
+    int st;
+    unlink(j->log);
+    if (job_run(t, "ls", j->argv, j->log, secs, &st)) {
+        r->failed = true;
+        return -1;
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        if (!halt(&r->stopped)) job_failed(r, "ls -l", st, j->log);
+        return 1;
+    }
+    return 0;
+}
+
 static void wl_lsl(const cfg *c, target *t, result *r) {
     if (ensure_entries(c, t, r)) return;
-    char log[PATH_MAX];
-    if (path_fmt(log, sizeof log, "%s/ls.log", t->home)) {
+    lsl_job j = {.argv = {(char *)c->ls, "-l", t->entries_dir, NULL}};
+    if (bu_path_fmt(j.log, sizeof j.log, "%s/ls.log", t->home)) {
         r->failed = true;
         return;
     }
-    char *argv[] = {(char *)c->ls, "-l", t->entries_dir, NULL};
-    double pass[LISTING_PASSES], sorted[LISTING_PASSES];
-    int np = 0;
-    for (int p = 0; p < LISTING_PASSES && !halt(&r->stopped); p++) {
-        double secs;
-        int st;
-        unlink(log);
-        if (job_run(t, "ls", argv, log, &secs, &st)) {
-            r->failed = true;
-            return;
-        }
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            if (!halt(&r->stopped)) job_failed(r, "ls -l", st, log);
-            continue;
-        }
-        pass[np++] = secs;
-    }
-    memcpy(sorted, pass, sizeof pass);
-    r->secs = median(sorted, np);
-    r->ops = (uint64_t)t->entries_made;
-    r->ops_per_sec = np ? t->entries_made / r->secs : NAN;
-    r->p50 = r->p99 = NAN;
-    if (np)
-        note_passes(r, pass, np);
-    else
-        r->failed = true;
+    listing_passes(t, r, lsl_pass, &j);
 }
 
 /* Write the big file: *secs including the close, per-write latencies in
  * h (may be NULL). Returns the bytes written in full. */
-static uint64_t write_big(const cfg *c, target *t, result *r, hist *h,
+static uint64_t write_big(const cfg *c, target *t, result *r, bu_hist *h,
                           const char *pfx, double *secs, double *close_secs) {
     uint64_t blocks = (uint64_t)c->big_mb, done = 0;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bu_now_ns();
     int fd = open(t->big, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
     if (fd < 0) {
         errs_add(&r->errs, pfx[0] ? "prep open" : "open", errno);
         return 0;
     }
     for (uint64_t b = 0; b < blocks; b++) {
-        if (halt(&r->stopped)) break;
-        if (r->errs.total >= GIVE_UP) {
-            note_add(r, "gave up after %d errors", GIVE_UP);
-            break;
-        }
-        uint64_t a = now_ns();
+        if (must_stop(r)) break;
+        uint64_t a = bu_now_ns();
         int rc = write_all(fd, big_src(b * BIG_IO), BIG_IO);
         if (rc) {
             errs_add(&r->errs, pfx[0] ? "prep write" : "write", rc);
             continue;
         }
-        if (h) hist_add(h, now_ns() - a);
+        if (h) bu_hist_add(h, bu_now_ns() - a);
         done += BIG_IO;
     }
-    uint64_t tc = now_ns();
+    uint64_t tc = bu_now_ns();
     if (close(fd) != 0) {
         errs_add(&r->errs, pfx[0] ? "prep close" : "close", errno);
         done = 0;
     }
-    *close_secs = secs_since(tc);
-    *secs = secs_since(t0);
+    *close_secs = bu_secs_since(tc);
+    *secs = bu_secs_since(t0);
     return done;
 }
 
 static int ensure_big(const cfg *c, target *t, result *r) {
     if (t->big_ready) return 0;
-    if (path_fmt(t->big, sizeof t->big, "%s/big", t->root)) {
+    if (bu_path_fmt(t->big, sizeof t->big, "%s/big", t->root)) {
         r->failed = true;
         return -1;
     }
@@ -1830,10 +1464,10 @@ static int ensure_big(const cfg *c, target *t, result *r) {
 }
 
 static void wl_seqwrite(const cfg *c, target *t, result *r) {
-    hist *h = calloc(1, sizeof *h);
-    if (!h || path_fmt(t->big, sizeof t->big, "%s/big", t->root)) {
+    bu_hist *h = bu_hist_new(HIST_SUB_BITS);
+    if (!h || bu_path_fmt(t->big, sizeof t->big, "%s/big", t->root)) {
         r->failed = true;
-        free(h);
+        bu_hist_free(h);
         return;
     }
     t->big_ready = false;
@@ -1845,6 +1479,7 @@ static void wl_seqwrite(const cfg *c, target *t, result *r) {
     r->mb_per_sec = bytes ? (double)bytes / secs / 1e6 : NAN;
     note_add(r, "close %.3f s of it", close_secs);
     t->big_ready = bytes == (uint64_t)c->big_mb * BIG_IO && !r->stopped;
+    bu_hist_free(h);
 }
 
 /* Drop the big file's pages from the page cache (unmeasured): fdatasync,
@@ -1861,109 +1496,128 @@ static void drop_cache(target *t, result *r) {
     close(fd);
 }
 
-static void wl_seqread(const cfg *c, target *t, result *r) {
-    hist *h = calloc(1, sizeof *h);
-    uint8_t *buf = aligned_alloc(4096, BIG_IO);
-    if (!h || !buf || ensure_big(c, t, r)) {
+/* A measured run of calls on the big file: seqread, randread, randwrite. */
+typedef struct big_run {
+    bu_hist *h;         /* latency per call */
+    uint8_t *buf;       /* what a read reads into */
+    int fd;             /* the big file */
+    uint64_t t0;        /* just before the open: the run's start */
+    uint64_t verify_ns; /* spent checking bytes read: not measured */
+} big_run;
+
+/* Start a run on the big file: write it first unless it is there, drop
+ * its pages from the page cache for a read, then open it with flags, the
+ * time just before the open in b->t0. The histogram and a 4096-aligned
+ * buffer of len bytes are allocated into b; big_end frees them, also
+ * after a failure. 0, or -1 with r failed. */
+static int big_start(const cfg *c, target *t, result *r, big_run *b, size_t len,
+                     int flags) {
+    memset(b, 0, sizeof *b);
+    b->h = bu_hist_new(HIST_SUB_BITS);
+    b->buf = aligned_alloc(4096, len);
+    if (!b->h || !b->buf || ensure_big(c, t, r)) {
         r->failed = true;
-        goto out;
+        return -1;
     }
-    drop_cache(t, r);
-    uint64_t want = (uint64_t)c->big_mb * BIG_IO, off = 0, verify_ns = 0;
-    uint64_t t0 = now_ns();
-    int fd = open(t->big, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    if ((flags & O_ACCMODE) == O_RDONLY) drop_cache(t, r);
+    b->t0 = bu_now_ns();
+    b->fd = open(t->big, flags | O_CLOEXEC);
+    if (b->fd < 0) {
         errs_add(&r->errs, "open", errno);
         r->failed = true;
-        goto out;
+        return -1;
     }
+    return 0;
+}
+
+/* Compare the n bytes in b->buf, read at offset off of the big file, with
+ * what was written there (a difference is op's ERR_DATA). The time from
+ * since to the end of the check goes to b->verify_ns. */
+static void big_verify(big_run *b, result *r, const char *op, uint64_t off,
+                       size_t n, uint64_t since) {
+    if (memcmp(b->buf, big_src(off), n)) errs_add(&r->errs, op, ERR_DATA);
+    b->verify_ns += bu_now_ns() - since;
+}
+
+/* The measured time of a run: since b->t0, less the checking. */
+static double big_secs(const big_run *b) {
+    return bu_secs_since(b->t0) - (double)b->verify_ns / 1e9;
+}
+
+static void big_end(big_run *b) {
+    bu_hist_free(b->h);
+    free(b->buf);
+}
+
+static void wl_seqread(const cfg *c, target *t, result *r) {
+    big_run b;
+    if (big_start(c, t, r, &b, BIG_IO, O_RDONLY)) goto out;
+    uint64_t want = (uint64_t)c->big_mb * BIG_IO, off = 0;
     while (off < want) {
         if (halt(&r->stopped)) break;
-        uint64_t a = now_ns();
-        ssize_t got = read_all(fd, buf, BIG_IO);
-        uint64_t b = now_ns();
+        uint64_t a = bu_now_ns();
+        ssize_t got = read_all(b.fd, b.buf, BIG_IO);
+        uint64_t z = bu_now_ns();
         if (got < 0) {
             errs_add(&r->errs, "read", (int)-got);
             break;
         }
         if (got == 0) break;
-        hist_add(h, b - a);
-        if (memcmp(buf, big_src(off), (size_t)got))
-            errs_add(&r->errs, "read", ERR_DATA);
-        verify_ns += now_ns() - b;
+        bu_hist_add(b.h, z - a);
+        big_verify(&b, r, "read", off, (size_t)got, z);
         off += (uint64_t)got;
     }
-    if (close(fd) != 0) errs_add(&r->errs, "close", errno);
-    double secs = secs_since(t0) - (double)verify_ns / 1e9;
+    if (close(b.fd) != 0) errs_add(&r->errs, "close", errno);
+    double secs = big_secs(&b);
     if (off < want && !r->stopped && !stopping()) {
         errs_add(&r->errs, "read", ERR_SHORT);
         note_add(r, "read %" PRIu64 " of %" PRIu64 " bytes", off, want);
     }
-    finish_ops(r, h, h->n, secs);
+    finish_ops(r, b.h, b.h->count, secs);
     r->ops_per_sec = NAN;
     r->bytes = off;
     r->mb_per_sec = off ? (double)off / secs / 1e6 : NAN;
 out:
-    free(buf);
-    free(h);
+    big_end(&b);
 }
 
 /* randread and randwrite: random RAND_IO-aligned I/O on the big file for
  * c->rand_secs; the writes put back the bytes that are there, so later
  * reads can still check them. */
 static void wl_rand(const cfg *c, target *t, result *r, bool writes) {
-    hist *h = calloc(1, sizeof *h);
-    uint8_t *buf = aligned_alloc(4096, RAND_IO);
-    if (!h || !buf || ensure_big(c, t, r)) {
-        r->failed = true;
-        goto out;
-    }
-    if (!writes) drop_cache(t, r);
-    uint64_t slots = (uint64_t)c->big_mb * BIG_IO / RAND_IO, verify_ns = 0;
+    big_run b;
+    const char *op = writes ? "pwrite" : "pread";
+    if (big_start(c, t, r, &b, RAND_IO, writes ? O_WRONLY : O_RDONLY)) goto out;
+    uint64_t slots = (uint64_t)c->big_mb * BIG_IO / RAND_IO;
     uint64_t seed = 42 + (uint64_t)writes, ok = 0;
-    uint64_t t0 = now_ns(), end = t0 + (uint64_t)(c->rand_secs * 1e9);
-    int fd = open(t->big, (writes ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
-    if (fd < 0) {
-        errs_add(&r->errs, "open", errno);
-        r->failed = true;
-        goto out;
-    }
+    uint64_t end = b.t0 + (uint64_t)(c->rand_secs * 1e9);
     for (;;) {
-        uint64_t a = now_ns();
-        if (a >= end || halt(&r->stopped)) break;
-        if (r->errs.total >= GIVE_UP) {
-            note_add(r, "gave up after %d errors", GIVE_UP);
-            break;
-        }
-        uint64_t off = rnd_next(&seed) % slots * RAND_IO;
-        ssize_t n = writes ? pwrite(fd, big_src(off), RAND_IO, (off_t)off)
-                           : pread(fd, buf, RAND_IO, (off_t)off);
-        uint64_t b = now_ns();
+        uint64_t a = bu_now_ns();
+        if (a >= end || must_stop(r)) break;
+        uint64_t off = bu_rnd_next(&seed) % slots * RAND_IO;
+        ssize_t n = writes ? pwrite(b.fd, big_src(off), RAND_IO, (off_t)off)
+                           : pread(b.fd, b.buf, RAND_IO, (off_t)off);
+        uint64_t z = bu_now_ns();
         if (n < 0) {
-            errs_add(&r->errs, writes ? "pwrite" : "pread", errno);
+            errs_add(&r->errs, op, errno);
             continue;
         }
         if (n != (ssize_t)RAND_IO) {
-            errs_add(&r->errs, writes ? "pwrite" : "pread", ERR_SHORT);
+            errs_add(&r->errs, op, ERR_SHORT);
             continue;
         }
-        hist_add(h, b - a);
+        bu_hist_add(b.h, z - a);
         ok++;
-        if (!writes) {
-            if (memcmp(buf, big_src(off), RAND_IO))
-                errs_add(&r->errs, "pread", ERR_DATA);
-            verify_ns += now_ns() - b;
-        }
+        if (!writes) big_verify(&b, r, op, off, RAND_IO, z);
     }
-    uint64_t tc = now_ns();
-    if (close(fd) != 0) errs_add(&r->errs, "close", errno);
-    double close_secs = secs_since(tc);
-    finish_ops(r, h, ok, secs_since(t0) - (double)verify_ns / 1e9);
+    uint64_t tc = bu_now_ns();
+    if (close(b.fd) != 0) errs_add(&r->errs, "close", errno);
+    double close_secs = bu_secs_since(tc);
+    finish_ops(r, b.h, ok, big_secs(&b));
     r->bytes = ok * RAND_IO;
     if (writes) note_add(r, "close %.3f s of it", close_secs);
 out:
-    free(buf);
-    free(h);
+    big_end(&b);
 }
 
 /* The regular files, symlinks and bytes under a tree. */
@@ -2000,8 +1654,8 @@ static void wl_cpr(const cfg *c, target *t, result *r) {
         r->failed = true;
         return;
     }
-    if (path_fmt(dest, sizeof dest, "%s/cp-r-%d", t->root, ++t->seq) ||
-        path_fmt(log, sizeof log, "%s/cp.log", t->home)) {
+    if (bu_path_fmt(dest, sizeof dest, "%s/cp-r-%d", t->root, ++t->seq) ||
+        bu_path_fmt(log, sizeof log, "%s/cp.log", t->home)) {
         r->failed = true;
         return;
     }
@@ -2145,7 +1799,7 @@ static void print_goals(FILE *f, const cfg *c, const results *rs) {
         bool met =
             !isnan(v) && (g->metric == 's' ? v < g->value : v >= g->value);
         char val[32], why[96] = "";
-        fmt_num(val, sizeof val, v, g->metric == 's' ? "%.3f" : "%.0f");
+        bu_fmt_num(val, sizeof val, v, g->metric == 's' ? "%.3f" : "%.0f");
         if (r->failed)
             snprintf(why, sizeof why, " (the workload failed)");
         else if (r->errs.total)
@@ -2213,34 +1867,6 @@ static void usage(FILE *f) {
         "for a usage error. See docs/PERFORMANCE.md.\n");
 }
 
-static int bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int bad(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "fs_bench: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\ntry 'fs_bench --help'\n");
-    va_end(ap);
-    return -1;
-}
-
-static int parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_secs(const char *s, double lo, double hi, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || *end || !(v >= lo) || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 /* Call fn on each item of a comma list: 0, fn's first failure (-2,
  * reported), or -1 for an empty or overlong list. */
 static int each_item(const char *list, int (*fn)(cfg *, const char *), cfg *c) {
@@ -2265,7 +1891,8 @@ static int add_target(cfg *c, const char *name) {
             c->run_tgt[i] = true;
             return 0;
         }
-    bad("unknown target '%s' (ext4, quorumfs-embedded, quorumfs-cluster, "
+    bu_usage_error(
+        "unknown target '%s' (ext4, quorumfs-embedded, quorumfs-cluster, "
         "dir)",
         name);
     return -2;
@@ -2281,7 +1908,8 @@ static int add_workload(cfg *c, const char *name) {
             c->run_wl[i] = true;
             return 0;
         }
-    bad("unknown workload '%s' (create, stat, read, unlink, readdir, ls-l, "
+    bu_usage_error(
+        "unknown workload '%s' (create, stat, read, unlink, readdir, ls-l, "
         "seqwrite, seqread, randread, randwrite, cp-r, all)",
         name);
     return -2;
@@ -2298,7 +1926,7 @@ static int real_dir(char *path, const char *opt) {
     char real[PATH_MAX];
     struct stat st;
     if (!realpath(path, real) || stat(real, &st) != 0 || !S_ISDIR(st.st_mode))
-        return bad("%s '%s' is not a directory", opt, path);
+        return bu_usage_error("%s '%s' is not a directory", opt, path);
     snprintf(path, PATH_MAX, "%s", real);
     return 0;
 }
@@ -2314,37 +1942,22 @@ static int parse_args(int argc, char **argv, cfg *c) {
     snprintf(c->cp_src, sizeof c->cp_src, "/usr/include");
     snprintf(c->dir_name, sizeof c->dir_name, "dir");
     bool targets_set = false, wls_set = false, qbin_set = false;
+    static const char *const flags[] = {"--json", "--keep", NULL};
+    static const char *const with_value[] = {
+        "--targets",          "--dir",      "--name",         "--ext4-dir",
+        "--quorumfs",         "--work-dir", "--workloads",    "--files",
+        "--entries",          "--big-mb",   "--rand-seconds", "--cp-src",
+        "--workload-timeout", NULL};
+
+    static const bu_opt_spec spec = {flags, with_value, usage};
 
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = NULL;
-        char name[64];
-        const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
-        if (eq) {
-            snprintf(name, sizeof name, "%.*s", (int)(eq - a), a);
-            a = name;
-            v = eq + 1;
-        }
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            exit(0);
-        }
-        if (!strcmp(a, "--json") || !strcmp(a, "--keep")) {
-            if (v) return bad("option '%s' takes no value", a);
+        bu_opt o;
+        if (bu_opt_next(&spec, argc, argv, &i, &o)) return -1;
+        const char *a = o.name, *v = o.value;
+        if (!v) { /* --json or --keep */
             *(a[2] == 'j' ? &c->json : &c->keep) = true;
             continue;
-        }
-        static const char *const with_value[] = {
-            "--targets",         "--dir",      "--name",         "--ext4-dir",
-            "--quorumfs",        "--work-dir", "--workloads",    "--files",
-            "--entries",         "--big-mb",   "--rand-seconds", "--cp-src",
-            "--workload-timeout"};
-        bool known = false;
-        for (size_t k = 0; k < ARRAY_LEN(with_value) && !known; k++)
-            known = !strcmp(a, with_value[k]);
-        if (!known) return bad("unknown option '%s'", a);
-        if (!v) {
-            if (i + 1 >= argc) return bad("option '%s' needs a value", a);
-            v = argv[++i];
         }
         int rc = 0;
         if (!strcmp(a, "--targets")) {
@@ -2359,7 +1972,8 @@ static int parse_args(int argc, char **argv, cfg *c) {
             rc = set_path(c->dir, v);
         } else if (!strcmp(a, "--name")) {
             if (!*v || strlen(v) >= sizeof c->dir_name || strchr(v, '/'))
-                return bad("bad --name '%s' (1..63 characters, no '/')", v);
+                return bu_usage_error(
+                    "bad --name '%s' (1..63 characters, no '/')", v);
             snprintf(c->dir_name, sizeof c->dir_name, "%s", v);
         } else if (!strcmp(a, "--ext4-dir")) {
             rc = set_path(c->ext4_dir, v);
@@ -2371,22 +1985,25 @@ static int parse_args(int argc, char **argv, cfg *c) {
         } else if (!strcmp(a, "--cp-src")) {
             rc = set_path(c->cp_src, v);
         } else if (!strcmp(a, "--files")) {
-            if (parse_int(v, 1, 1000000, &c->files))
-                return bad("--files wants 1..1000000, not '%s'", v);
+            if (bu_parse_int(v, 1, 1000000, &c->files))
+                return bu_usage_error("--files wants 1..1000000, not '%s'", v);
         } else if (!strcmp(a, "--entries")) {
-            if (parse_int(v, 1, 1000000, &c->entries))
-                return bad("--entries wants 1..1000000, not '%s'", v);
+            if (bu_parse_int(v, 1, 1000000, &c->entries))
+                return bu_usage_error("--entries wants 1..1000000, not '%s'",
+                                      v);
         } else if (!strcmp(a, "--big-mb")) {
-            if (parse_int(v, 1, 1 << 20, &c->big_mb))
-                return bad("--big-mb wants 1..1048576, not '%s'", v);
+            if (bu_parse_int(v, 1, 1 << 20, &c->big_mb))
+                return bu_usage_error("--big-mb wants 1..1048576, not '%s'", v);
         } else if (!strcmp(a, "--rand-seconds")) {
-            if (parse_secs(v, 0.1, 3600, &c->rand_secs))
-                return bad("--rand-seconds wants 0.1..3600, not '%s'", v);
+            if (bu_parse_secs(v, 0.1, 3600, &c->rand_secs))
+                return bu_usage_error(
+                    "--rand-seconds wants 0.1..3600, not '%s'", v);
         } else if (!strcmp(a, "--workload-timeout")) {
-            if (parse_secs(v, 1, 86400, &c->wl_timeout))
-                return bad("--workload-timeout wants 1..86400, not '%s'", v);
+            if (bu_parse_secs(v, 1, 86400, &c->wl_timeout))
+                return bu_usage_error(
+                    "--workload-timeout wants 1..86400, not '%s'", v);
         }
-        if (rc == -1) return bad("bad %s '%s'", a, v);
+        if (rc == -1) return bu_usage_error("bad %s '%s'", a, v);
         if (rc) return -1;
     }
 
@@ -2395,11 +2012,12 @@ static int parse_args(int argc, char **argv, cfg *c) {
     if (c->dir[0]) {
         if (!targets_set) c->run_tgt[T_DIR] = true;
         if (!c->run_tgt[T_DIR])
-            return bad("%s", "--targets must name \"dir\" when --dir is "
-                             "given");
+            return bu_usage_error("%s",
+                                  "--targets must name \"dir\" when --dir is "
+                                  "given");
         if (real_dir(c->dir, "--dir")) return -1;
     } else if (c->run_tgt[T_DIR]) {
-        return bad("%s", "target \"dir\" needs --dir DIR");
+        return bu_usage_error("%s", "target \"dir\" needs --dir DIR");
     } else if (!targets_set) {
         c->run_tgt[T_EXT4] = c->run_tgt[T_EMBEDDED] = c->run_tgt[T_CLUSTER] =
             true;
@@ -2407,21 +2025,22 @@ static int parse_args(int argc, char **argv, cfg *c) {
     if (real_dir(c->work, "--work-dir")) return -1;
     if (c->ext4_dir[0] && real_dir(c->ext4_dir, "--ext4-dir")) return -1;
     if (c->run_tgt[T_EMBEDDED] || c->run_tgt[T_CLUSTER]) {
-        if (qbin_set ? !executable(c->qbin)
-                     : !find_quorumfs(c->qbin, sizeof c->qbin))
-            return bad("no quorumfs binary%s (build the 'quorumfs' target or "
-                       "give --quorumfs PATH)",
-                       qbin_set ? " at the --quorumfs path" : "");
-        if (!find_on_path("fusermount3", g_fusermount, sizeof g_fusermount))
-            find_on_path("fusermount", g_fusermount, sizeof g_fusermount);
+        if (qbin_set ? !bu_executable(c->qbin)
+                     : !bu_find_quorumfs(c->qbin, sizeof c->qbin))
+            return bu_usage_error(
+                "no quorumfs binary%s (build the 'quorumfs' target or "
+                "give --quorumfs PATH)",
+                qbin_set ? " at the --quorumfs path" : "");
+        if (!bu_find_on_path("fusermount3", g_fusermount, sizeof g_fusermount))
+            bu_find_on_path("fusermount", g_fusermount, sizeof g_fusermount);
     }
-    if (c->run_wl[W_LSL] && !executable(strcpy(c->ls, "/bin/ls")) &&
-        !find_on_path("ls", c->ls, sizeof c->ls))
-        return bad("%s", "no ls program for ls-l");
+    if (c->run_wl[W_LSL] && !bu_executable(strcpy(c->ls, "/bin/ls")) &&
+        !bu_find_on_path("ls", c->ls, sizeof c->ls))
+        return bu_usage_error("%s", "no ls program for ls-l");
     if (c->run_wl[W_CPR]) {
-        if (!executable(strcpy(c->cp, "/bin/cp")) &&
-            !find_on_path("cp", c->cp, sizeof c->cp))
-            return bad("%s", "no cp program for cp-r");
+        if (!bu_executable(strcpy(c->cp, "/bin/cp")) &&
+            !bu_find_on_path("cp", c->cp, sizeof c->cp))
+            return bu_usage_error("%s", "no cp program for cp-r");
         if (real_dir(c->cp_src, "--cp-src")) return -1;
     }
     return 0;
@@ -2455,37 +2074,30 @@ static void print_header(FILE *f, const cfg *c) {
  * the exit. */
 static void cleanup(void) {
     if (g_watchdog_on) {
-        pthread_mutex_lock(&g_kids_lock);
+        pthread_mutex_lock(&g_watch_lock);
         g_watch_quit = true;
-        pthread_mutex_unlock(&g_kids_lock);
+        pthread_mutex_unlock(&g_watch_lock);
         pthread_join(g_watchdog, NULL);
         g_watchdog_on = false;
     }
     for (size_t i = 0; i < ARRAY_LEN(g_mounts); i++)
         if (g_mounts[i][0]) unmount(g_mounts[i], NULL);
-    for (int i = 0; i < MAX_KIDS; i++) {
-        if (g_kids[i].pid <= 0) continue;
+    for (int i = 0; i < BU_MAX_CHILDREN; i++) {
+        if (g_procs.c[i].pid <= 0) continue;
         bool killed;
-        kid_stop(i, 10000, &killed);
+        bu_child_stop(&g_procs, i, 10000, &killed);
     }
-    if (g_run[0] && !g_keep) rm_rf(g_run);
+    if (g_run[0] && !g_keep) bu_rm_rf(g_run);
     g_run[0] = '\0';
 }
 
 int main(int argc, char **argv) {
     static cfg c;
     static results rs;
+    bu_prog_set("fs_bench");
     if (parse_args(argc, argv, &c) < 0) return 2;
     g_keep = c.keep;
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    bu_signals_catch(on_signal);
 
     g_pool = malloc(POOL_SIZE);
     if (!g_pool) {
@@ -2494,12 +2106,12 @@ int main(int argc, char **argv) {
     }
     uint64_t seed = 1;
     for (size_t i = 0; i < POOL_SIZE; i += 8) {
-        uint64_t x = rnd_next(&seed);
+        uint64_t x = bu_rnd_next(&seed);
         memcpy(g_pool + i, &x, 8);
     }
     if (c.run_wl[W_CPR]) tree_walk(c.cp_src, &g_cp_src);
 
-    if (path_fmt(g_run, sizeof g_run, "%s/fs_bench.XXXXXX", c.work) ||
+    if (bu_path_fmt(g_run, sizeof g_run, "%s/fs_bench.XXXXXX", c.work) ||
         !mkdtemp(g_run)) {
         fprintf(stderr, "fs_bench: cannot create a directory in '%s': %s\n",
                 c.work, strerror(errno));
@@ -2508,7 +2120,7 @@ int main(int argc, char **argv) {
     }
     atexit(cleanup);
     sigset_t old;
-    block_signals(&old);
+    bu_signals_block(&old);
     g_watchdog_on = pthread_create(&g_watchdog, NULL, watchdog_main, NULL) == 0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (!g_watchdog_on)
@@ -2528,7 +2140,7 @@ int main(int argc, char **argv) {
         print_goals(info_out(&c), &c, &rs);
     } else {
         fprintf(stderr, "fs_bench: interrupted\n");
-        status = 128 + atomic_load(&g_stop);
+        status = 128 + atomic_load(&g_procs.stop);
     }
     fflush(stdout);
     cleanup();
