@@ -426,21 +426,6 @@ size_t fs__dview_count(const fs_dview *v) {
     return n;
 }
 
-int fs__dview_delete(qfs_fs *fs, fs_dview *v) {
-    int rc = 0;
-    for (size_t i = 0; i < v->n; i++) {
-        fs_shard *s = &v->sh[i];
-        if (s->level == 0 || s->absent) continue;
-        kv_buf key = KV_BUF_INIT;
-        int r = fs_key_shard(fs->o.volume, &v->id, s->level, s->index, &key);
-        if (r == 0)
-            r = fs__key_del(fs, kv_buf_slice(&key), kv_buf_slice(&s->obj.ctx));
-        kv_buf_release(&key);
-        if (r && r != KV_ENOTFOUND && rc == 0) rc = r;
-    }
-    return rc;
-}
-
 void fs__dview_expire(fs_dview *v, uint64_t older_than_ns) {
     size_t k = 0;
     for (size_t i = 0; i < v->n; i++) {

@@ -537,9 +537,8 @@ static void unlock_two(fs_node *a, fs_node *b) {
     if (a != b) pthread_mutex_unlock(&b->lock);
 }
 
-/* Whether directory id is empty, reading all its objects into v (for
- * fs__dview_delete once its name is gone). A directory already deleted
- * counts as empty (its name dangles). */
+/* Whether directory v->id is empty, reading all its objects into v. A
+ * directory already deleted counts as empty (its name dangles). */
 static int dir_empty(qfs_fs *fs, fs_dview *v) {
     int rc = fs__dview_all(fs, v);
     if (rc == 0 && fs__dview_count(v) > 0) rc = -ENOTEMPTY;
@@ -700,24 +699,16 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
     fuse_reply_err(req, EPERM); /* no hard links (docs) */
 }
 
-/* Delete the object of a name that is gone: now, or at its last release
- * if it is open here. */
-static int drop_object(qfs_fs *fs, const fs_id *id) {
+/* A name of id is gone. Its object stays for the sweep to reclaim once
+ * nothing names it (another name may: two mounts renaming one file at
+ * once); if it is open here, its last release writes nothing back. */
+static void name_gone(qfs_fs *fs, const fs_id *id) {
     fs_node *nd = fs__node_get(fs, id, 0, FS_FILE, 0);
-    if (nd) {
-        pthread_mutex_lock(&nd->lock);
-        bool open = nd->opens > 0;
-        if (open) nd->unlinked = true;
-        pthread_mutex_unlock(&nd->lock);
-        fs__node_put(fs, nd);
-        if (open) return 0;
-    }
-    fs_obj o;
-    fs__obj_init(&o);
-    int rc = fs__obj_get(fs, id, &o);
-    if (rc == 0) rc = fs__obj_del(fs, id, kv_buf_slice(&o.ctx));
-    fs__obj_release(&o);
-    return rc == KV_ENOTFOUND ? 0 : rc;
+    if (!nd) return;
+    pthread_mutex_lock(&nd->lock);
+    if (nd->opens > 0) nd->unlinked = true;
+    pthread_mutex_unlock(&nd->lock);
+    fs__node_put(fs, nd);
 }
 
 /* Resolve a file's versions: keep = the version that stays (0: every one
@@ -806,11 +797,7 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
     }
     recent_keep(dn, v);
     pthread_mutex_unlock(&dn->lock);
-    if (rc == 0) {
-        int r2 = drop_object(fs, &cid);
-        if (r2 == 0 && rmdir) r2 = fs__dview_delete(fs, &child);
-        if (r2) fs__errno(fs, r2, "delete", &cid); /* logged; name is gone */
-    }
+    if (rc == 0) name_gone(fs, &cid);
     fuse_reply_err(req, rc ? name_err(fs, rc, "remove", &dn->id) : 0);
     fs__dview_release(&child);
 }
@@ -909,11 +896,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
     recent_keep(sn, sv);
     unlock_two(sn, tn);
     if (rc == 1) rc = 0;
-    if (rc == 0 && replaced) {
-        int r2 = drop_object(fs, &vid);
-        if (r2 == 0 && te.type == FS_DIR) r2 = fs__dview_delete(fs, &victim);
-        if (r2) fs__errno(fs, r2, "delete", &vid);
-    }
+    if (rc == 0 && replaced) name_gone(fs, &vid);
     fuse_reply_err(req, rc ? name_err(fs, rc, "rename", &sn->id) : 0);
     fs__dview_release(&victim);
 }
@@ -1249,27 +1232,17 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
     }
     pthread_mutex_lock(&nd->lock);
     int rc = 0;
-    bool drop = false;
     if (nd->opens > 0) nd->opens--;
     if (nd->opens == 0 && nd->file) {
         if (!nd->unlinked)
             rc = fs__file_writeback(fs, &nd->id, nd->file, false);
         if (rc) fs__errno(fs, rc, "write-back at release", &nd->id);
-        drop = nd->unlinked;
         nd->file->dirty = false; /* release cannot report; logged above */
         file_unload(nd);
         fs__pending_note(nd);
         nd->unlinked = false;
     }
     pthread_mutex_unlock(&nd->lock);
-    if (drop) {
-        fs_obj o;
-        fs__obj_init(&o);
-        int r2 = fs__obj_get(fs, &nd->id, &o);
-        if (r2 == 0) r2 = fs__obj_del(fs, &nd->id, kv_buf_slice(&o.ctx));
-        if (r2 && r2 != KV_ENOTFOUND) fs__errno(fs, r2, "delete", &nd->id);
-        fs__obj_release(&o);
-    }
     fs__node_put(fs, nd); /* the open's hold */
     fuse_reply_err(req, 0);
 }
@@ -1664,19 +1637,10 @@ int qfs_fs_close(qfs_fs *fs) {
     for (size_t h = 0; h < FS_NODE_BUCKETS; h++) {
         for (fs_node *nd = fs->by_id[h]; nd; nd = nd->next_id) {
             if (!nd->file) continue;
-            int rc = 0;
-            fs_obj o;
-            fs__obj_init(&o);
-            if (nd->unlinked) {
-                /* Open, nameless: its object goes, as at its release. */
-                rc = fs__obj_get(fs, &nd->id, &o);
-                if (rc == 0)
-                    rc = fs__obj_del(fs, &nd->id, kv_buf_slice(&o.ctx));
-                if (rc == KV_ENOTFOUND) rc = 0;
-            } else {
-                rc = fs__file_writeback(fs, &nd->id, nd->file, true);
-            }
-            fs__obj_release(&o);
+            /* Open and nameless: nothing to write (the sweep takes it). */
+            int rc = nd->unlinked
+                         ? 0
+                         : fs__file_writeback(fs, &nd->id, nd->file, true);
             if (rc && !first) first = rc;
             fs__file_free(nd->file);
             nd->file = NULL;

@@ -128,11 +128,12 @@ typedef struct fs_actor {
 
 /* What the sweeps did, for user.quorumfs.sweep on the root. */
 typedef struct fs_sweep_stats {
-    uint64_t runs, failed;    /* sweeps finished, and given up */
-    uint64_t inodes, chunks;  /* the last one's inode and chunk keys */
-    uint64_t kept, reclaimed; /* its chunks referred to, and reclaimed */
-    uint64_t reclaimed_total; /* by every sweep of this mount */
-    char last_error[256];     /* why the last one gave up, or "" */
+    uint64_t runs, failed;           /* sweeps finished, and given up */
+    uint64_t inodes, chunks;         /* the last one's inode and chunk keys */
+    uint64_t kept, reclaimed;        /* its chunks referred to, and reclaimed */
+    uint64_t reclaimed_total;        /* by every sweep of this mount */
+    uint64_t inodes_reclaimed_total; /* inodes nothing named, likewise */
+    char last_error[256];            /* why the last one gave up, or "" */
 } fs_sweep_stats;
 
 struct qfs_fs {
@@ -177,8 +178,6 @@ int fs__obj_put_ver(qfs_fs *fs, const fs_id *id, const fs_inode *ino,
                     kv_slice ctx, bool sync, kv_buf *newctx, uint64_t *ver);
 int fs__key_put(qfs_fs *fs, kv_slice key, const fs_inode *ino, kv_slice ctx,
                 bool sync, kv_buf *newctx);
-int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx);
-int fs__key_del(qfs_fs *fs, kv_slice key, kv_slice ctx);
 /* A chunk's bytes, checked against its hash and length. */
 int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out);
 /* Store bytes as a chunk; sets c's hash and len, and *stored_ns to the
@@ -198,10 +197,10 @@ int64_t fs__grace_half_ns(const qfs_fs *fs);
 int64_t fs__pending_age_ns(const qfs_fs *fs);
 /* fn with a pooled connection (a new one if the first is dead). */
 int fs__with_client(qfs_fs *fs, int (*fn)(void *arg, rep_client *c), void *arg);
-/* Delete chunk hash if no live copy was written at or after cutoff_ns
- * (*gone says whether it was). */
-int fs__chunk_reclaim(qfs_fs *fs, const uint8_t hash[FS_HASH_LEN],
-                      int64_t cutoff_ns, bool *gone);
+/* Delete key (empty: chunk hash's key) if it has a live version and none
+ * written at or after cutoff_ns (*gone says whether it was). */
+int fs__reclaim(qfs_fs *fs, kv_slice key, const uint8_t hash[FS_HASH_LEN],
+                int64_t cutoff_ns, bool *gone);
 /* A store error as an errno for the kernel; logs the ones that are not
  * plain answers (EIO). */
 int fs__errno(qfs_fs *fs, int rc, const char *what, const fs_id *id);
@@ -257,8 +256,6 @@ void fs__dview_wrote(fs_node *dn, fs_dview *v);
 int fs__dir_sync(qfs_fs *fs, fs_node *dn);
 /* Entries in all of v's objects. */
 size_t fs__dview_count(const fs_dview *v);
-/* Delete v's shards below level 0 (a removed directory's). */
-int fs__dview_delete(qfs_fs *fs, fs_dview *v);
 /* Drop objects read before older_than_ns, changed or stale. */
 void fs__dview_expire(fs_dview *v, uint64_t older_than_ns);
 /* Move src's unchanged, fresh objects into dst (newer ones win; dst

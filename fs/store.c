@@ -299,18 +299,6 @@ int fs__key_put(qfs_fs *fs, kv_slice key, const fs_inode *ino, kv_slice ctx,
     return rc;
 }
 
-int fs__obj_del(qfs_fs *fs, const fs_id *id, kv_slice ctx) {
-    kv_buf key = KV_BUF_INIT;
-    int rc = fs_key_inode(fs->o.volume, id, &key);
-    if (rc == 0) rc = fs__key_del(fs, kv_buf_slice(&key), ctx);
-    kv_buf_release(&key);
-    return rc;
-}
-
-int fs__key_del(qfs_fs *fs, kv_slice key, kv_slice ctx) {
-    return call(fs, OP_DEL, key, ctx, kv_slice_make(NULL, 0), false, NULL);
-}
-
 int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out) {
     kv_buf key = KV_BUF_INIT, raw = KV_BUF_INIT;
     dvv_set *set = NULL;
@@ -355,8 +343,8 @@ int64_t fs__pending_age_ns(const qfs_fs *fs) {
     return KV_MIN((int64_t)10 * 1000000000, fs__grace_half_ns(fs) / 4);
 }
 
-/* A chunk key's stored object, read for a change: its siblings (set is
- * NULL when nothing is stored) and the context that covers them. */
+/* A key's stored object, read for a change: its siblings (set is NULL
+ * when nothing is stored) and the context that covers them. */
 typedef struct chunk_obj {
     kv_buf key, raw, ctx;
     dvv_set *set;
@@ -369,14 +357,16 @@ static void chunk_obj_release(chunk_obj *o) {
     kv_buf_release(&o->key);
 }
 
-static int chunk_obj_read(qfs_fs *fs, const uint8_t hash[FS_HASH_LEN],
-                          chunk_obj *o) {
+/* Read key (or, with key empty, chunk hash's key) into o. */
+static int chunk_obj_read(qfs_fs *fs, kv_slice key,
+                          const uint8_t hash[FS_HASH_LEN], chunk_obj *o) {
     memset(o, 0, sizeof *o);
     kv_buf_init(&o->key);
     kv_buf_init(&o->raw);
     kv_buf_init(&o->ctx);
     dvv_ctx *cx = NULL;
-    int rc = fs_key_chunk(fs->o.volume, hash, &o->key);
+    int rc = key.len ? kv_buf_set(&o->key, key.ptr, key.len)
+                     : fs_key_chunk(fs->o.volume, hash, &o->key);
     if (rc == 0)
         rc = call(fs, OP_GET, kv_buf_slice(&o->key), kv_slice_make(NULL, 0),
                   kv_slice_make(NULL, 0), false, &o->raw);
@@ -395,7 +385,7 @@ static int chunk_obj_read(qfs_fs *fs, const uint8_t hash[FS_HASH_LEN],
 static int chunk_store(qfs_fs *fs, kv_slice bytes, const fs_chunk *c,
                        bool force, int64_t *stored_ns) {
     chunk_obj o;
-    int rc = chunk_obj_read(fs, c->hash, &o);
+    int rc = chunk_obj_read(fs, kv_slice_make(NULL, 0), c->hash, &o);
     int64_t good = -1; /* the newest good copy's write time */
     for (size_t i = 0; rc == 0 && o.set && i < dvv_set_siblings(o.set); i++) {
         dvv_sibling s = dvv_set_sibling(o.set, i);
@@ -432,11 +422,11 @@ int fs__chunk_refresh(qfs_fs *fs, const fs_chunk *c) {
     return rc;
 }
 
-int fs__chunk_reclaim(qfs_fs *fs, const uint8_t hash[FS_HASH_LEN],
-                      int64_t cutoff_ns, bool *gone) {
+int fs__reclaim(qfs_fs *fs, kv_slice key, const uint8_t hash[FS_HASH_LEN],
+                int64_t cutoff_ns, bool *gone) {
     chunk_obj o;
     *gone = false;
-    int rc = chunk_obj_read(fs, hash, &o);
+    int rc = chunk_obj_read(fs, key, hash, &o);
     bool live = false, young = false;
     for (size_t i = 0; rc == 0 && o.set && i < dvv_set_siblings(o.set); i++) {
         dvv_sibling s = dvv_set_sibling(o.set, i);

@@ -1,5 +1,10 @@
 /*
- * The chunk sweep, and the write-backs that make it safe.
+ * The sweep, and the write-backs that make it safe. A sweep reclaims
+ * what nothing refers to: chunks no inode version refers to, inodes no
+ * directory entry names (removing a name never deletes an object: two
+ * mounts renaming one file at once leave it two names), and the shards of
+ * directories that are gone; each only if its last write is older than
+ * the grace G (sweep_grace_s).
  *
  * A chunk is stored before the inode that refers to it, so for a while a
  * chunk is referred to by nothing but a writer's memory. The sweep may
@@ -19,10 +24,14 @@
  * So a chunk older than G at the start of a sweep that some writer will
  * still refer to is referred to by an inode written before the sweep
  * started, which the sweep reads. The sweep: note t0; list every inode
- * key on every member and read each inode (a quorum read, every version);
- * list every chunk key on every member; reclaim (delete, with the context
- * of a fresh read) each chunk no version refers to whose last write is
- * before t0 - G, checked again on that fresh read. A member that cannot
+ * and shard key on every member and read each (a quorum read, every
+ * version), noting chunks referred to and ids named; list and read again
+ * what was written since t0 (a rename that moved an entry into an object
+ * read before it); list every chunk key; reclaim (delete, with the
+ * context of a fresh read) what nothing refers to and was last written
+ * before t0 - G, checked again on that fresh read. An object unnamed for
+ * longer than G cannot be named again (a name is only ever added for a
+ * new object or moved from an old name). A member that cannot
  * be listed, or an inode that cannot be read, stops the sweep before it
  * deletes anything. Deleting is safe against a writer that stores the
  * same bytes at the same time: its put supersedes or sits beside the
@@ -108,18 +117,62 @@ static void set_free(set16 *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* ---- lists of keys ---- */
+
+typedef struct keyv {
+    char **k;
+    bool *old; /* last written before the cutoff */
+    size_t n, cap;
+} keyv;
+
+static int keyv_add(keyv *v, kv_slice key, bool old) {
+    if (v->n == v->cap) {
+        size_t ncap = v->cap ? 2 * v->cap : 64;
+        char **k = kv_realloc(v->k, ncap * sizeof *k);
+        if (!k) return -ENOMEM;
+        v->k = k;
+        bool *o = kv_realloc(v->old, ncap * sizeof *o);
+        if (!o) return -ENOMEM;
+        v->old = o;
+        v->cap = ncap;
+    }
+    char *c = kv_malloc(key.len + 1);
+    if (!c) return -ENOMEM;
+    memcpy(c, key.ptr, key.len);
+    c[key.len] = 0;
+    v->old[v->n] = old;
+    v->k[v->n++] = c;
+    return 0;
+}
+
+static void keyv_free(keyv *v) {
+    for (size_t i = 0; i < v->n; i++) kv_free(v->k[i]);
+    kv_free(v->k);
+    kv_free(v->old);
+    memset(v, 0, sizeof *v);
+}
+
 /* ---- one sweep ---- */
 
 typedef struct sweep {
     qfs_fs *fs;
-    kv_buf prefix_i, prefix_c;
-    set16 ids, refs, doomed, seen;
-    int64_t cutoff_ns; /* chunks written before this may go */
+    kv_buf prefix_i, prefix_c, prefix_s;
+    set16 ids;    /* live inode objects listed */
+    set16 old;    /* ... of them, last written before the cutoff */
+    set16 named;  /* ids a directory entry names */
+    set16 refs;   /* chunks some inode version refers to */
+    set16 seen;   /* live chunks listed */
+    set16 doomed; /* ... of them, unreferenced and old */
+    set16 keyset; /* shard and re-read keys listed (their hashes) */
+    keyv shards;  /* shard keys */
+    keyv again;   /* keys written since the sweep began, to read again */
+    bool relisting;
+    int64_t t0_ns, cutoff_ns;
     char why[256];
 } sweep;
 
 static int hex16(const uint8_t *p, size_t len, uint8_t out[16]) {
-    if (len != 32) return -1;
+    if (len < 32) return -1;
     for (size_t i = 0; i < 32; i++) {
         uint8_t c = p[i], v;
         if (c >= '0' && c <= '9')
@@ -136,21 +189,58 @@ static int hex16(const uint8_t *p, size_t len, uint8_t out[16]) {
     return 0;
 }
 
+/* The 16-byte id or hash after prefix in key (exactly 32 hex digits, or
+ * followed by '/' when tail is true). */
+static int id_of(kv_slice key, const kv_buf *prefix, bool tail,
+                 uint8_t out[16]) {
+    if (key.len < prefix->len + 32) return -1;
+    size_t rest = key.len - prefix->len - 32;
+    if (tail ? rest == 0 || key.ptr[prefix->len + 32] != '/' : rest != 0)
+        return -1;
+    return hex16(key.ptr + prefix->len, 32, out);
+}
+
+/* Keys listed a second time, after the marks: the ones written since the
+ * sweep began (a rename that moved an entry into an object already
+ * read), each once. */
+static int relist(sweep *w, const rep_scan_item *it) {
+    if ((int64_t)it->newest_us * 1000 < w->t0_ns - 1000000000) return 0;
+    uint8_t h[16];
+    fs_chunk_hash(it->key, h);
+    if (set_has(&w->keyset, h)) return 0;
+    int rc = set_add(&w->keyset, h);
+    return rc ? rc : keyv_add(&w->again, it->key, false);
+}
+
 static int on_inode(void *arg, const rep_scan_item *it) {
     sweep *w = arg;
     uint8_t id[16];
-    if (it->tombstone) return 0;
-    if (hex16(it->key.ptr + w->prefix_i.len, it->key.len - w->prefix_i.len, id))
-        return 0; /* not one of ours */
-    return set_add(&w->ids, id);
+    if (it->tombstone || id_of(it->key, &w->prefix_i, false, id)) return 0;
+    if (w->relisting) return relist(w, it);
+    int rc = set_add(&w->ids, id);
+    if (rc == 0 && (int64_t)it->newest_us * 1000 < w->cutoff_ns)
+        rc = set_add(&w->old, id);
+    return rc;
+}
+
+static int on_shard(void *arg, const rep_scan_item *it) {
+    sweep *w = arg;
+    uint8_t id[16], h[16];
+    if (it->tombstone || id_of(it->key, &w->prefix_s, true, id)) return 0;
+    if (w->relisting) return relist(w, it);
+    fs_chunk_hash(it->key, h);
+    if (set_has(&w->keyset, h)) return 0; /* another copy */
+    int rc = set_add(&w->keyset, h);
+    if (rc == 0)
+        rc = keyv_add(&w->shards, it->key,
+                      (int64_t)it->newest_us * 1000 < w->cutoff_ns);
+    return rc;
 }
 
 static int on_chunk(void *arg, const rep_scan_item *it) {
     sweep *w = arg;
     uint8_t h[16];
-    if (hex16(it->key.ptr + w->prefix_c.len, it->key.len - w->prefix_c.len, h))
-        return 0;
-    if (it->tombstone) return 0;
+    if (it->tombstone || id_of(it->key, &w->prefix_c, false, h)) return 0;
     int rc = set_add(&w->seen, h); /* each copy is listed: count one */
     if (rc || (int64_t)it->newest_us * 1000 >= w->cutoff_ns ||
         set_has(&w->refs, h))
@@ -213,31 +303,50 @@ static int scan_members(sweep *w, rep_client *c, const kv_buf *prefix,
     return rc;
 }
 
-/* The chunks every version of every listed inode refers to. */
+/* Note what an object read refers to: a file's chunks (every version), a
+ * directory's or shard's names. */
+static int note(sweep *w, const fs_obj *o) {
+    int rc = 0;
+    for (size_t v = 0; rc == 0 && v <= o->nsib; v++) {
+        const fs_inode *ino = v == 0 ? &o->ino : &o->sibs[v - 1];
+        for (size_t k = 0; rc == 0 && ino->chunked && k < ino->nchunks; k++)
+            rc = set_add(&w->refs, ino->chunks[k].hash);
+        for (size_t k = 0; rc == 0 && k < ino->nentries; k++)
+            rc = set_add(&w->named, ino->entries[k].id.b);
+    }
+    return rc;
+}
+
+/* Read key and note it; a key gone since it was listed is nothing. */
+static int read_note(sweep *w, kv_slice key) {
+    if (stopping(w->fs)) return KV_ECLOSED;
+    fs_obj o;
+    fs__obj_init(&o);
+    int rc = fs__key_get(w->fs, key, &o);
+    if (rc == 0) rc = note(w, &o);
+    if (rc == KV_ENOTFOUND) rc = 0;
+    if (rc)
+        snprintf(w->why, sizeof w->why, "cannot read %.*s: %s",
+                 (int)KV_MIN(key.len, 120), (const char *)key.ptr,
+                 kv_strerror(rc));
+    fs__obj_release(&o);
+    return rc;
+}
+
+/* Every listed inode and shard, read by quorum. */
 static int mark(sweep *w) {
     int rc = 0;
+    kv_buf key = KV_BUF_INIT;
     for (size_t i = 0; rc == 0 && i < w->ids.cap; i++) {
         if (!w->ids.used[i]) continue;
-        if (stopping(w->fs)) return KV_ECLOSED;
         fs_id id;
         memcpy(id.b, w->ids.k[i], FS_ID_LEN);
-        fs_obj o;
-        fs__obj_init(&o);
-        rc = fs__obj_get(w->fs, &id, &o);
-        for (size_t v = 0; rc == 0 && v <= o.nsib; v++) {
-            const fs_inode *ino = v == 0 ? &o.ino : &o.sibs[v - 1];
-            for (size_t k = 0; rc == 0 && ino->chunked && k < ino->nchunks; k++)
-                rc = set_add(&w->refs, ino->chunks[k].hash);
-        }
-        if (rc == KV_ENOTFOUND) rc = 0; /* deleted since it was listed */
-        if (rc) {
-            char hex[2 * FS_ID_LEN + 1];
-            fs__id_hex(&id, hex);
-            snprintf(w->why, sizeof w->why, "cannot read inode %s: %s", hex,
-                     kv_strerror(rc));
-        }
-        fs__obj_release(&o);
+        rc = fs_key_inode(w->fs->o.volume, &id, &key);
+        if (rc == 0) rc = read_note(w, kv_buf_slice(&key));
     }
+    for (size_t i = 0; rc == 0 && i < w->shards.n; i++)
+        rc = read_note(w, kv_slice_str(w->shards.k[i]));
+    kv_buf_release(&key);
     return rc;
 }
 
@@ -250,8 +359,19 @@ static int prefix_of(const char *volume, char kind, kv_buf *out) {
 static int run(sweep *w, rep_client *c) {
     int rc = prefix_of(w->fs->o.volume, 'i', &w->prefix_i);
     if (rc == 0) rc = prefix_of(w->fs->o.volume, 'c', &w->prefix_c);
+    if (rc == 0) rc = prefix_of(w->fs->o.volume, 's', &w->prefix_s);
     if (rc == 0) rc = scan_members(w, c, &w->prefix_i, on_inode);
+    if (rc == 0) rc = scan_members(w, c, &w->prefix_s, on_shard);
     if (rc == 0) rc = mark(w);
+    /* Objects written since the start, read again: an entry a rename
+     * moved into an object read before it is named there. */
+    w->relisting = true;
+    memset(w->keyset.used, 0, w->keyset.cap);
+    w->keyset.n = 0;
+    if (rc == 0) rc = scan_members(w, c, &w->prefix_i, on_inode);
+    if (rc == 0) rc = scan_members(w, c, &w->prefix_s, on_shard);
+    for (size_t i = 0; rc == 0 && i < w->again.n; i++)
+        rc = read_note(w, kv_slice_str(w->again.k[i]));
     if (rc == 0) rc = scan_members(w, c, &w->prefix_c, on_chunk);
     return rc;
 }
@@ -260,28 +380,62 @@ static int with_client(void *arg, rep_client *c) {
     return run(arg, c);
 }
 
+/* Delete what nothing refers to: chunks, then inodes nothing names (not
+ * the root), then the shards of directories that are gone. Counts. */
+static int reclaim(sweep *w, uint64_t *chunks, uint64_t *inodes) {
+    qfs_fs *fs = w->fs;
+    set16 gone = {0}; /* directories reclaimed now */
+    kv_buf key = KV_BUF_INIT;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < w->doomed.cap; i++) {
+        if (!w->doomed.used[i]) continue;
+        if (stopping(fs)) return KV_ECLOSED;
+        bool g = false;
+        int r = fs__reclaim(fs, kv_slice_make(NULL, 0), w->doomed.k[i],
+                            w->cutoff_ns, &g);
+        if (r) fs__errno(fs, r, "sweep: reclaim a chunk", NULL);
+        *chunks += g;
+    }
+    for (size_t i = 0; rc == 0 && i < w->old.cap; i++) {
+        if (!w->old.used[i] || set_has(&w->named, w->old.k[i])) continue;
+        fs_id id;
+        memcpy(id.b, w->old.k[i], FS_ID_LEN);
+        if (fs_id_is_root(&id)) continue;
+        if (stopping(fs)) return KV_ECLOSED;
+        bool g = false;
+        int r = fs_key_inode(fs->o.volume, &id, &key);
+        if (r == 0)
+            r = fs__reclaim(fs, kv_buf_slice(&key), NULL, w->cutoff_ns, &g);
+        if (r) fs__errno(fs, r, "sweep: reclaim an inode", &id);
+        if (g) rc = set_add(&gone, id.b);
+        *inodes += g;
+    }
+    for (size_t i = 0; rc == 0 && i < w->shards.n; i++) {
+        uint8_t id[16];
+        kv_slice k = kv_slice_str(w->shards.k[i]);
+        if (!w->shards.old[i] || id_of(k, &w->prefix_s, true, id) ||
+            (set_has(&w->ids, id) && !set_has(&gone, id)))
+            continue;
+        if (stopping(fs)) return KV_ECLOSED;
+        bool g = false;
+        int r = fs__reclaim(fs, k, NULL, w->cutoff_ns, &g);
+        if (r) fs__errno(fs, r, "sweep: reclaim a shard", NULL);
+    }
+    set_free(&gone);
+    kv_buf_release(&key);
+    return rc;
+}
+
 int fs__sweep(qfs_fs *fs) {
     sweep w = {.fs = fs};
     kv_buf_init(&w.prefix_i);
     kv_buf_init(&w.prefix_c);
-    w.cutoff_ns = now_ns() - (int64_t)(fs->o.sweep_grace_s * 1e9);
+    kv_buf_init(&w.prefix_s);
+    w.t0_ns = now_ns();
+    w.cutoff_ns = w.t0_ns - (int64_t)(fs->o.sweep_grace_s * 1e9);
     int rc = fs__with_client(fs, with_client, &w);
-    uint64_t reclaimed = 0;
-    for (size_t i = 0; rc == 0 && i < w.doomed.cap; i++) {
-        if (!w.doomed.used[i]) continue;
-        if (stopping(fs)) {
-            rc = KV_ECLOSED;
-            break;
-        }
-        bool gone = false;
-        int r = fs__chunk_reclaim(fs, w.doomed.k[i], w.cutoff_ns, &gone);
-        if (r) {
-            /* One chunk that cannot be deleted now is tried next time. */
-            fs__errno(fs, r, "sweep: reclaim a chunk", NULL);
-            continue;
-        }
-        reclaimed += gone;
-    }
+    uint64_t chunks = 0, inodes = 0;
+    if (rc == 0) rc = reclaim(&w, &chunks, &inodes);
     pthread_mutex_lock(&fs->bg_mu);
     if (rc) {
         fs->sweep.failed++;
@@ -292,26 +446,29 @@ int fs__sweep(qfs_fs *fs) {
         fs->sweep.inodes = w.ids.n;
         fs->sweep.chunks = w.seen.n;
         fs->sweep.kept = w.seen.n - w.doomed.n;
-        fs->sweep.reclaimed = reclaimed;
-        fs->sweep.reclaimed_total += reclaimed;
+        fs->sweep.reclaimed = chunks;
+        fs->sweep.reclaimed_total += chunks;
+        fs->sweep.inodes_reclaimed_total += inodes;
         fs->sweep.last_error[0] = 0;
     }
     pthread_mutex_unlock(&fs->bg_mu);
     if (rc && rc != KV_ECLOSED)
         kv_warn(FS_MOD, "sweep gave up, nothing reclaimed: %s",
                 w.why[0] ? w.why : kv_strerror(rc));
-    else if (rc == 0 && reclaimed)
+    else if (rc == 0 && (chunks || inodes))
         kv_info(FS_MOD,
-                "sweep: %llu inodes, %llu chunks listed, %llu "
-                "reclaimed",
+                "sweep: %llu inodes and %llu chunks listed; reclaimed %llu "
+                "chunks and %llu inodes",
                 (unsigned long long)w.ids.n, (unsigned long long)w.seen.n,
-                (unsigned long long)reclaimed);
-    set_free(&w.ids);
-    set_free(&w.refs);
-    set_free(&w.doomed);
-    set_free(&w.seen);
+                (unsigned long long)chunks, (unsigned long long)inodes);
+    set16 *sets[] = {&w.ids,  &w.old,    &w.named, &w.refs,
+                     &w.seen, &w.doomed, &w.keyset};
+    for (size_t i = 0; i < sizeof sets / sizeof *sets; i++) set_free(sets[i]);
+    keyv_free(&w.shards);
+    keyv_free(&w.again);
     kv_buf_release(&w.prefix_i);
     kv_buf_release(&w.prefix_c);
+    kv_buf_release(&w.prefix_s);
     return rc;
 }
 
@@ -323,11 +480,13 @@ int fs__sweep_text(qfs_fs *fs, kv_buf *out) {
     int n =
         snprintf(t, sizeof t,
                  "runs=%llu failed=%llu inodes=%llu chunks=%llu kept=%llu "
-                 "reclaimed=%llu reclaimed_total=%llu error=%s",
+                 "reclaimed=%llu reclaimed_total=%llu "
+                 "inodes_reclaimed_total=%llu error=%s",
                  (unsigned long long)s.runs, (unsigned long long)s.failed,
                  (unsigned long long)s.inodes, (unsigned long long)s.chunks,
                  (unsigned long long)s.kept, (unsigned long long)s.reclaimed,
                  (unsigned long long)s.reclaimed_total,
+                 (unsigned long long)s.inodes_reclaimed_total,
                  s.last_error[0] ? s.last_error : "-");
     return kv_buf_set(out, t, (size_t)KV_MIN(n, (int)sizeof t - 1));
 }

@@ -72,11 +72,19 @@ Test(sweep, chunks_nothing_refers_to_are_reclaimed_and_files_stay_intact) {
     SH_OK(g_m.dir, "head -c 6M /dev/urandom > a && head -c 3M /dev/urandom > b"
                    " && head -c 6M /dev/urandom > /tmp/qfs-sw-a.$PPID && "
                    "cp /tmp/qfs-sw-a.$PPID a && rm b");
+    /* And a directory of 300 files (split into shards), removed. */
+    SH_OK(g_m.dir, "mkdir d && for i in $(seq 300); do : > d/f$i; done && "
+                   "mkdir keep && : > keep/x && rm -r d");
     sleep_ms(2500); /* past the grace of everything written */
+    /* The first sweep takes the objects nothing names (b, d and its
+     * files), the next the chunks only b referred to. */
     wait_sweeps(2);
     cr_assert_eq(stat_of("failed"), 0);
     cr_assert_eq(stat_of("reclaimed_total"), 9, "reclaimed %lld of 9",
                  stat_of("reclaimed_total"));
+    cr_assert_eq(stat_of("inodes_reclaimed_total"), 302,
+                 "reclaimed %lld of 302 inodes",
+                 stat_of("inodes_reclaimed_total"));
     wait_sweeps(1);
     cr_assert_eq(stat_of("chunks"), 6, "live chunks: %lld", stat_of("chunks"));
     cr_assert_eq(stat_of("kept"), 6);
@@ -84,7 +92,8 @@ Test(sweep, chunks_nothing_refers_to_are_reclaimed_and_files_stay_intact) {
     /* And across a remount, from the store alone. */
     cr_assert_eq(qmount_stop(&g_m), 0);
     qmount_start(&g_m, NULL, SWEEP_OPTS);
-    SH_OK(g_m.dir, "test $(stat -c %%s a) = 6291456 && test ! -e b");
+    SH_OK(g_m.dir, "test $(stat -c %%s a) = 6291456 && test ! -e b && "
+                   "test -e keep/x && test \"$(ls)\" = \"$(printf 'a\\nkeep')\"");
 }
 
 /* Chunks a long write stores before its inode is written (more than 16
