@@ -366,7 +366,7 @@ static int run(sweep *w, rep_client *c) {
     /* Objects written since the start, read again: an entry a rename
      * moved into an object read before it is named there. */
     w->relisting = true;
-    memset(w->keyset.used, 0, w->keyset.cap);
+    if (w->keyset.cap) memset(w->keyset.used, 0, w->keyset.cap);
     w->keyset.n = 0;
     if (rc == 0) rc = scan_members(w, c, &w->prefix_i, on_inode);
     if (rc == 0) rc = scan_members(w, c, &w->prefix_s, on_shard);
