@@ -60,59 +60,100 @@ const fs_inode *fs__dview_attrs(const fs_dview *v) {
     return NULL;
 }
 
-/* Read shard (level, index) into v (it is not there yet). */
-static int shard_read(qfs_fs *fs, fs_dview *v, unsigned level, uint64_t index,
-                      fs_shard **out) {
-    if (v->n == v->cap) {
+/* Add the result of reading shard r to v: o (moved) and the read's code;
+ * started is when the read began (a copy is kept in place of a newer one
+ * only if its read began after that one was written). */
+static int shard_add(fs_dview *v, fs_shard_ref r, fs_obj *o, int rc,
+                     uint64_t started) {
+    bool absent = false;
+    if (rc == KV_ENOTFOUND && r.level > 0) {
+        /* Never written (or every version deleted): empty, not split. */
+        fs__obj_release(o);
+        fs__obj_init(o);
+        fs_inode_init(&o->ino, FS_DIR);
+        absent = true;
+        rc = 0;
+    } else if (rc == 0 && o->ino.type != FS_DIR) {
+        rc = r.level == 0 ? -ENOTDIR : KV_ECORRUPT;
+        if (r.level > 0)
+            kv_error(FS_MOD, "a directory shard is not a directory");
+    }
+    if (rc == 0 && v->n == v->cap) {
         size_t ncap = v->cap ? v->cap * 2 : 4;
         fs_shard *sh = kv_realloc(v->sh, ncap * sizeof *sh);
-        if (!sh) return -ENOMEM;
-        v->sh = sh;
-        v->cap = ncap;
+        if (!sh) {
+            rc = -ENOMEM;
+        } else {
+            v->sh = sh;
+            v->cap = ncap;
+        }
     }
-    fs_shard *s = &v->sh[v->n];
+    if (rc) return rc;
+    fs_shard *s = &v->sh[v->n++];
     memset(s, 0, sizeof *s);
-    s->level = level;
-    s->index = index;
-    fs__obj_init(&s->obj);
-    /* A read's time is when it started: a copy kept in place of a newer
-     * one only if the read began after that one was written. */
-    uint64_t started = kv_now_ns();
-    kv_buf key = KV_BUF_INIT;
-    int rc = fs_key_shard(fs->o.volume, &v->id, level, index, &key);
-    if (rc == 0) rc = fs__key_get(fs, kv_buf_slice(&key), &s->obj);
-    kv_buf_release(&key);
-    if (rc == KV_ENOTFOUND && level > 0) {
-        /* Never written (or every version deleted): empty, not split. */
-        fs__obj_release(&s->obj);
-        fs__obj_init(&s->obj);
-        fs_inode_init(&s->obj.ino, FS_DIR);
-        s->absent = true;
-        rc = 0;
-    } else if (rc == 0 && s->obj.ino.type != FS_DIR) {
-        rc = level == 0 ? -ENOTDIR : KV_ECORRUPT;
-        if (level > 0) kv_error(FS_MOD, "a directory shard is not a directory");
-    }
-    if (rc) {
-        fs__obj_release(&s->obj);
-        return rc;
-    }
+    s->level = r.level;
+    s->index = r.index;
+    s->obj = *o; /* moved */
+    fs__obj_init(o);
+    s->absent = absent;
     s->at_ns = started;
-    v->n++;
     all_drop(v);
-    *out = s;
     return 0;
+}
+
+/* Read the shards refs[] that v lacks, up to FS_KEYS_MAX at once. */
+static int shards_read(qfs_fs *fs, fs_dview *v, const fs_shard_ref *refs,
+                       size_t n) {
+    kv_buf keys[FS_KEYS_MAX];
+    kv_slice ks[FS_KEYS_MAX];
+    fs_obj objs[FS_KEYS_MAX];
+    int rcs[FS_KEYS_MAX];
+    fs_shard_ref want[FS_KEYS_MAX];
+    int rc = 0;
+    for (size_t at = 0; rc == 0 && at < n; at += FS_KEYS_MAX) {
+        size_t m = 0;
+        for (size_t i = at; i < n && i < at + FS_KEYS_MAX; i++)
+            if (!fs__dview_find(v, refs[i].level, refs[i].index))
+                want[m++] = refs[i];
+        for (size_t i = 0; i < m; i++) {
+            kv_buf_init(&keys[i]);
+            fs__obj_init(&objs[i]);
+            int r = fs_key_shard(fs->o.volume, &v->id, want[i].level,
+                                 want[i].index, &keys[i]);
+            ks[i] = kv_buf_slice(&keys[i]);
+            if (rc == 0) rc = r;
+        }
+        uint64_t started = kv_now_ns();
+        if (rc == 0 && m) fs__keys_get(fs, ks, m, objs, rcs);
+        for (size_t i = 0; i < m; i++) {
+            if (rc == 0) rc = shard_add(v, want[i], &objs[i], rcs[i], started);
+            fs__obj_release(&objs[i]);
+            kv_buf_release(&keys[i]);
+        }
+    }
+    return rc;
 }
 
 /* The shard (level, index), from v or read. */
 static int shard_get(qfs_fs *fs, fs_dview *v, unsigned level, uint64_t index,
                      fs_shard **out) {
+    fs_shard_ref r = {level, index};
     *out = fs__dview_find(v, level, index);
-    return *out ? 0 : shard_read(fs, v, level, index, out);
+    if (*out) return 0;
+    int rc = shards_read(fs, v, &r, 1);
+    *out = rc == 0 ? fs__dview_find(v, level, index) : NULL;
+    return rc;
 }
 
 int fs__dview_path(qfs_fs *fs, fs_dview *v, const char *name) {
     uint64_t h = fs_name_hash(&v->id, name);
+    if (v->top_split && !fs__dview_find(v, 0, 0)) {
+        /* Level 0 is known to be split (a split is never undone): it and
+         * the next object of the path are read at once. */
+        fs_shard_ref two[2] = {{0, 0}, {1, fs_shard_index(h, 1)}};
+        int rc = shards_read(fs, v, two, 2);
+        if (rc) return rc;
+    }
     for (unsigned level = 0; level <= FS_SHARD_LEVELS; level++) {
         fs_shard *s;
         int rc = shard_get(fs, v, level, fs_shard_index(h, level), &s);
@@ -125,14 +166,16 @@ int fs__dview_path(qfs_fs *fs, fs_dview *v, const char *name) {
 int fs__dview_all(qfs_fs *fs, fs_dview *v) {
     fs_shard *s;
     int rc = shard_get(fs, v, 0, 0, &s);
-    /* Breadth first: v grows behind i as split objects' children come. */
+    /* Breadth first, each split object's children read at once: v grows
+     * behind i as they come. */
+    fs_shard_ref kids[FS_SHARD_FANOUT];
     for (size_t i = 0; rc == 0 && i < v->n; i++) {
         if (!v->sh[i].obj.ino.split || v->sh[i].level >= FS_SHARD_LEVELS)
             continue;
-        unsigned level = v->sh[i].level + 1;
-        uint64_t base = v->sh[i].index << FS_SHARD_BITS;
-        for (uint64_t c = 0; rc == 0 && c < FS_SHARD_FANOUT; c++)
-            rc = shard_get(fs, v, level, base + c, &s);
+        for (uint64_t c = 0; c < FS_SHARD_FANOUT; c++)
+            kids[c] = (fs_shard_ref){v->sh[i].level + 1,
+                                     (v->sh[i].index << FS_SHARD_BITS) + c};
+        rc = shards_read(fs, v, kids, FS_SHARD_FANOUT);
     }
     return rc;
 }

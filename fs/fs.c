@@ -302,17 +302,28 @@ static fs_dview *recent_take(qfs_fs *fs, fs_node *dn) {
     if (!v) {
         v = kv_malloc(sizeof *v);
         if (v) fs__dview_init(v, &dn->id);
+        if (v) v->top_split = __atomic_load_n(&dn->split0, __ATOMIC_RELAXED);
         return v;
     }
     uint64_t now = kv_now_ns(), age = (uint64_t)(fs->o.entry_timeout * 1e9);
     fs__dview_expire(v, now > age ? now - age : 0);
+    v->top_split = __atomic_load_n(&dn->split0, __ATOMIC_RELAXED);
     return v;
 }
 
 /* Keep v's fresh objects as dn's recent ones, and note what it wrote
  * unsynced (v is consumed). */
+/* A directory seen split stays split: later path reads of it read level
+ * 0 and the next object at once. */
+static void note_split(fs_node *dn, fs_dview *v) {
+    fs_shard *s = fs__dview_find(v, 0, 0);
+    if (s && s->obj.ino.split)
+        __atomic_store_n(&dn->split0, true, __ATOMIC_RELAXED);
+}
+
 static void recent_keep(fs_node *dn, fs_dview *v) {
     if (!v) return;
+    note_split(dn, v);
     fs__dview_wrote(dn, v); /* for fsyncdir */
     if (!dn->dcache) {
         fs_dview *d = kv_malloc(sizeof *d);
@@ -331,6 +342,7 @@ static void recent_keep(fs_node *dn, fs_dview *v) {
 /* A fresh view read outside dn->lock joins the recent ones if the lock is
  * free (v is released either way, not freed). */
 static void recent_offer(fs_node *dn, fs_dview *v) {
+    note_split(dn, v);
     if (pthread_mutex_trylock(&dn->lock) == 0) {
         if (!dn->dcache) {
             fs_dview *d = kv_malloc(sizeof *d);
@@ -367,6 +379,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     fs__obj_init(&child);
     fs_dview v;
     fs__dview_init(&v, &dn->id);
+    v.top_split = __atomic_load_n(&dn->split0, __ATOMIC_RELAXED);
     shown e;
     int rc = resolve(fs, &v, name, &e);
     if (rc == 0) {

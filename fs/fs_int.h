@@ -47,7 +47,9 @@ typedef struct fs_dview {
     size_t n, cap;
     fs_inode all; /* fs__dview_entries: names borrowed from the shards */
     bool all_ok;
-    int add_at; /* the shard that got the last add, or -1 */
+    int add_at;     /* the shard that got the last add, or -1 */
+    bool top_split; /* level 0 is known to be split: read it and the next
+                     * object of a path at once */
 } fs_dview;
 
 #define FS_DVIEW_CACHE_MAX 64 /* shards a directory node keeps */
@@ -101,6 +103,7 @@ typedef struct fs_node {
     bool dead;            /* [fs->mu] unchained, being freed */
     uint32_t opens;       /* [lock] */
     bool has_pending;     /* [atomic] file->npending > 0 (sweep.c) */
+    bool split0;          /* [atomic] directories: level 0 was seen split */
     bool unlinked;        /* [lock] its last name is gone: delete on release */
     pthread_mutex_t lock; /* serialises changes to the object */
     fs_file *file;        /* [lock] while open */
@@ -168,6 +171,11 @@ void fs__obj_release(fs_obj *o);
 int fs__obj_get(qfs_fs *fs, const fs_id *id, fs_obj *o);
 /* The same for any object key (directory shards). */
 int fs__key_get(qfs_fs *fs, kv_slice key, fs_obj *o);
+/* fs__key_get of n keys at once, up to FS_KEYS_MAX in flight (each on a
+ * pooled connection): out[i] and rcs[i] as it would give them. */
+#define FS_KEYS_MAX 16
+void fs__keys_get(qfs_fs *fs, const kv_slice *keys, size_t n, fs_obj *out,
+                  int *rcs);
 /* Write ino as the object of id with context ctx (empty: a new object).
  * newctx (may be NULL): the context of the result, empty when other
  * versions remain (rep_client_put_ctx). */

@@ -190,17 +190,61 @@ int fs__obj_get(qfs_fs *fs, const fs_id *id, fs_obj *o) {
     return rc;
 }
 
+static int obj_decode(kv_slice raw, fs_obj *o);
+
 int fs__key_get(qfs_fs *fs, kv_slice key, fs_obj *o) {
     kv_buf raw = KV_BUF_INIT;
-    dvv_set *set = NULL;
-    dvv_ctx *ctx = NULL;
-    version *live = NULL;
-    size_t nlive = 0;
     fs__obj_release(o);
     fs__obj_init(o);
     int rc = call(fs, OP_GET, key, kv_slice_make(NULL, 0),
                   kv_slice_make(NULL, 0), false, &raw);
-    if (rc == 0) rc = dvv_set_decode(kv_buf_slice(&raw), &set);
+    if (rc == 0) rc = obj_decode(kv_buf_slice(&raw), o);
+    kv_buf_release(&raw);
+    return rc;
+}
+
+void fs__keys_get(qfs_fs *fs, const kv_slice *keys, size_t n, fs_obj *out,
+                  int *rcs) {
+    rep_opts ro = {.n = fs->o.n,
+                   .r = fs->o.r,
+                   .w = fs->o.w,
+                   .timeout_ms = fs->o.timeout_ms};
+    rep_client *cs[FS_KEYS_MAX];
+    kv_buf raw = KV_BUF_INIT;
+    for (size_t at = 0; at < n; at += FS_KEYS_MAX) {
+        size_t m = KV_MIN(n - at, (size_t)FS_KEYS_MAX);
+        for (size_t i = 0; i < m; i++) {
+            fs__obj_release(&out[at + i]);
+            fs__obj_init(&out[at + i]);
+            rcs[at + i] = pool_take(fs, 0, &cs[i]);
+            if (rcs[at + i] == 0)
+                rcs[at + i] = rep_client_get_start(cs[i], keys[at + i], &ro);
+            else
+                cs[i] = NULL;
+        }
+        for (size_t i = 0; i < m; i++) {
+            int *rc = &rcs[at + i];
+            if (*rc == 0) *rc = rep_client_get_finish(cs[i], &raw);
+            if (cs[i]) pool_give(fs, cs[i]);
+            if (*rc == 0) {
+                *rc = obj_decode(kv_buf_slice(&raw), &out[at + i]);
+            } else if (retryable(*rc)) {
+                /* A dead connection: the one-call path replaces it. */
+                *rc = fs__key_get(fs, keys[at + i], &out[at + i]);
+            }
+            kv_buf_reset(&raw);
+        }
+    }
+    kv_buf_release(&raw);
+}
+
+/* A stored object's bytes as the filesystem reads it (see fs__obj_get). */
+static int obj_decode(kv_slice raw, fs_obj *o) {
+    dvv_set *set = NULL;
+    dvv_ctx *ctx = NULL;
+    version *live = NULL;
+    size_t nlive = 0;
+    int rc = dvv_set_decode(raw, &set);
     if (rc == 0) rc = dvv_set_join(set, &ctx);
     if (rc == 0) rc = dvv_ctx_encode(ctx, &o->ctx);
     if (rc) goto out;
@@ -266,7 +310,6 @@ out:
     kv_free(live);
     dvv_ctx_free(ctx);
     dvv_set_free(set);
-    kv_buf_release(&raw);
     return rc;
 }
 

@@ -40,6 +40,11 @@ struct rep_client {
      * directly; the rest goes over wire, an in-process connection. */
     rep_node *local;
     rep_client *wire;
+    /* A get started (rep_client_get_start), not yet finished: its
+     * deadline, or (local mode) its result. */
+    bool started;
+    uint64_t started_deadline;
+    int started_rc;
 };
 
 static uint64_t mono_ms(void) {
@@ -110,8 +115,8 @@ static int on_frame(void *arg, const rep_msg *m) {
     return 0;
 }
 
-/* Send m and wait for the frame answering it, into c->reply. */
-static int call(rep_client *c, rep_msg *m, uint64_t deadline) {
+/* Send m; its answer is for call_finish. */
+static int call_start(rep_client *c, rep_msg *m, uint64_t deadline) {
     if (c->broken) return c->broken;
     m->id = ++c->next_id;
     c->want_id = m->id;
@@ -120,7 +125,12 @@ static int call(rep_client *c, rep_msg *m, uint64_t deadline) {
      * stays usable. */
     int rc = rep_msg_encode(m, &c->out);
     if (rc) return rc;
-    if ((rc = send_all(c, deadline))) return rc;
+    return send_all(c, deadline);
+}
+
+/* Wait for the frame answering the request sent last, into c->reply. */
+static int call_finish(rep_client *c, uint64_t deadline) {
+    int rc;
     uint8_t buf[64 * 1024];
     while (!c->got) {
         /* Every pass: a peer that keeps the socket readable never makes
@@ -143,6 +153,12 @@ static int call(rep_client *c, rep_msg *m, uint64_t deadline) {
         return break_with(c, c->reply.status ? c->reply.status : KV_EPROTO);
     }
     return 0;
+}
+
+/* Send m and wait for the frame answering it, into c->reply. */
+static int call(rep_client *c, rep_msg *m, uint64_t deadline) {
+    int rc = call_start(c, m, deadline);
+    return rc ? rc : call_finish(c, deadline);
 }
 
 /* Exchange HELLOs on c's connected socket. */
@@ -296,11 +312,38 @@ static uint64_t deadline_for(const rep_client *c, const rep_msg *m) {
 
 int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o,
                    kv_buf *obj) {
-    if (c->local) return rep__local_get(c->local, key, o, obj);
+    if (c->local && !c->started) return rep__local_get(c->local, key, o, obj);
+    int rc = rep_client_get_start(c, key, o);
+    return rc ? rc : rep_client_get_finish(c, obj);
+}
+
+int rep_client_get_start(rep_client *c, kv_slice key, const rep_opts *o) {
+    if (c->started) return -EINVAL; /* one call at a time */
+    if (c->local) {
+        /* Nothing to wait for: the answer is kept for finish. */
+        kv_buf_reset(&c->reply_bytes);
+        c->started_rc = rep__local_get(c->local, key, o, &c->reply_bytes);
+        c->started = true;
+        return 0;
+    }
     rep_msg m = {.type = REP_GET, .key = key};
     int rc = check_opts(o, &m);
     if (rc || key.len == 0) return rc ? rc : -EINVAL;
-    if ((rc = call(c, &m, deadline_for(c, &m)))) return rc;
+    c->started_deadline = deadline_for(c, &m);
+    if ((rc = call_start(c, &m, c->started_deadline))) return rc;
+    c->started = true;
+    return 0;
+}
+
+int rep_client_get_finish(rep_client *c, kv_buf *obj) {
+    if (!c->started) return -EINVAL;
+    c->started = false;
+    if (c->local)
+        return c->started_rc
+                   ? c->started_rc
+                   : kv_buf_set(obj, c->reply_bytes.ptr, c->reply_bytes.len);
+    int rc = call_finish(c, c->started_deadline);
+    if (rc) return rc;
     if (c->reply.type != REP_GET_REPLY) return break_with(c, KV_EPROTO);
     if (c->reply.status) return c->reply.status;
     return kv_buf_set(obj, c->reply.value.ptr, c->reply.value.len);

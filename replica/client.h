@@ -53,6 +53,14 @@ const char *rep_client_node(const rep_client *c);
  * (the deadline passed, however busy the connection), KV_EPROTO, -errno
  * from the connection (after which the client is unusable). */
 int rep_client_get(rep_client *c, kv_slice key, const rep_opts *o, kv_buf *obj);
+/* The same get in two steps, so one thread can have gets in flight on
+ * several clients at once: start sends the request (errors as get's
+ * before anything is sent, or the connection's), finish waits for the
+ * answer and returns what get would (-EINVAL without a start). Nothing
+ * else may be called on c between the two. A local client does the get
+ * at start. */
+int rep_client_get_start(rep_client *c, kv_slice key, const rep_opts *o);
+int rep_client_get_finish(rep_client *c, kv_buf *obj);
 /* Store value under key with the causal context ctx (empty: none; from
  * a get: supersede what that get returned). Errors as for get, and
  * KV_ETOOLARGE, before anything is sent, for a value or ctx over

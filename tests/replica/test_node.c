@@ -583,6 +583,53 @@ Test(node, a_node_that_listens_refuses_local_clients) {
     cr_assert_null(c);
 }
 
+/* Gets in two steps: several in flight on several clients from one
+ * thread answer as one-step gets do; a finish without a start, or a
+ * second start, is refused and the client stays usable. */
+Test(node, gets_started_together_finish_with_the_same_answers) {
+    start_node(60000);
+    enum { K = 6 };
+    rep_client *cs[K];
+    for (int i = 0; i < K; i++) {
+        cs[i] = client();
+        char key[16], val[16];
+        snprintf(key, sizeof key, "split/%d", i);
+        snprintf(val, sizeof val, "v%d", i);
+        if (i != 3) OK(rep_client_put(cs[i], S(key), S(""), S(val), NULL));
+    }
+    for (int i = 0; i < K; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "split/%d", i);
+        OK(rep_client_get_start(cs[i], S(key), NULL));
+    }
+    for (int i = K - 1; i >= 0; i--) {
+        kv_buf got = KV_BUF_INIT, one = KV_BUF_INIT;
+        char key[16];
+        snprintf(key, sizeof key, "split/%d", i);
+        int rc = rep_client_get_finish(cs[i], &got);
+        if (i == 3) {
+            EXPECT_RC(rc, KV_ENOTFOUND);
+        } else {
+            OK(rc);
+            OK(rep_client_get(cs[i], S(key), NULL, &one));
+            cr_assert(kv_slice_eq(kv_buf_slice(&got), kv_buf_slice(&one)));
+        }
+        kv_buf_release(&got);
+        kv_buf_release(&one);
+    }
+    kv_buf b = KV_BUF_INIT;
+    EXPECT_RC(rep_client_get_finish(cs[0], &b), -EINVAL);
+    OK(rep_client_get_start(cs[0], S("split/0"), NULL));
+    EXPECT_RC(rep_client_get_start(cs[0], S("split/1"), NULL), -EINVAL);
+    OK(rep_client_get_finish(cs[0], &b));
+    dvv_set *s = NULL;
+    OK(dvv_set_decode(kv_buf_slice(&b), &s));
+    expect_values(s, 1, (const char *[]){"v0"});
+    dvv_set_free(s);
+    kv_buf_release(&b);
+    for (int i = 0; i < K; i++) rep_client_close(cs[i]);
+}
+
 typedef struct replies {
     int got, hello;
 } replies;
