@@ -18,6 +18,7 @@
 #include <time.h>
 
 #define FS_DIR_TIME_LAG_NS 1000000000ll
+#define FS_RIVALS_MAX 64 /* entries of one name an add keeps */
 
 static int64_t wall_now(void) {
     struct timespec ts;
@@ -158,6 +159,8 @@ int fs__dview_path(qfs_fs *fs, fs_dview *v, const char *name) {
         fs_shard *s;
         int rc = shard_get(fs, v, level, fs_shard_index(h, level), &s);
         if (rc) return rc;
+        /* A removed directory (rmdir elsewhere) holds nothing. */
+        if (level == 0 && s->obj.ino.removed) return KV_ENOTFOUND;
         if (!s->obj.ino.split) return 0;
     }
     return 0;
@@ -312,7 +315,8 @@ int fs__dview_add(qfs_fs *fs, fs_dview *v, const char *name, const fs_id *id,
                   uint8_t type, const fs_id *replace) {
     const fs_inode *path[FS_SHARD_LEVELS + 1];
     size_t n = fs__dview_path_of(v, name, path, FS_SHARD_LEVELS + 1);
-    if (n == 0) return -EINVAL; /* the caller read the path first */
+    if (n == 0) return -EINVAL;           /* the caller read the path first */
+    if (path[0]->removed) return -ENOENT; /* rmdir'd (elsewhere) */
     fs_shard *t = NULL;
     for (size_t i = 0; i < v->n && !t; i++)
         if (&v->sh[i].obj.ino == path[n - 1]) t = &v->sh[i];
@@ -321,16 +325,20 @@ int fs__dview_add(qfs_fs *fs, fs_dview *v, const char *name, const fs_id *id,
      * elsewhere at the same time) except the one replaced and the object
      * itself. fs_dir_add drops all of name in its object, so the ones to
      * keep there are put back with their dots. */
-    fs_dirent keep[64];
+    fs_dirent keep[FS_RIVALS_MAX];
     size_t nkeep = 0, pos = 0;
     ssize_t k;
     int rc = 0;
-    while (nkeep < 64 && (k = fs_dir_find(d, name, &pos)) >= 0) {
+    while ((k = fs_dir_find(d, name, &pos)) >= 0) {
         const fs_dirent *e = &d->entries[k];
         if (strcmp(e->name, name) != 0) break;
         if ((replace && !memcmp(e->id.b, replace->b, FS_ID_LEN)) ||
             !memcmp(e->id.b, id->b, FS_ID_LEN))
             continue;
+        if (nkeep == FS_RIVALS_MAX) {
+            rc = -EMLINK; /* never drop a rival: refuse instead */
+            break;
+        }
         keep[nkeep] = *e;
         if (!(keep[nkeep].name = kv_strdup(e->name))) {
             rc = -ENOMEM;
@@ -340,11 +348,18 @@ int fs__dview_add(qfs_fs *fs, fs_dview *v, const char *name, const fs_id *id,
     }
     uint64_t actor = actor_for(fs, &v->id, t);
     if (rc == 0) rc = fs_dir_add(d, name, id, type, actor);
+    bool added = rc == 0;
     for (size_t i = 0; i < nkeep; i++) {
         if (rc == 0) rc = fs_dir_restore(d, &keep[i]);
         kv_free(keep[i].name);
     }
-    if (rc) return rc;
+    if (rc) {
+        /* Changed half-way: this copy is not what is stored, nor what
+         * should be; it must not be kept or written. */
+        if (added) t->stale = true;
+        all_drop(v);
+        return rc;
+    }
     actor_note(fs, &v->id, t, actor);
     t->changed = true;
     v->add_at = (int)(t - v->sh);
@@ -461,6 +476,14 @@ int fs__dir_sync(qfs_fs *fs, fs_node *dn) {
     }
     fs__dview_release(&v);
     return rc;
+}
+
+int fs__dview_remove_dir(qfs_fs *fs, fs_dview *v) {
+    fs_shard *top = fs__dview_find(v, 0, 0);
+    if (!top || top->absent) return 0; /* gone already */
+    top->obj.ino.removed = true;
+    top->changed = true;
+    return fs__dview_put(fs, v, false);
 }
 
 size_t fs__dview_count(const fs_dview *v) {

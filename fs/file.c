@@ -46,6 +46,13 @@ static int chunk_bytes(qfs_fs *fs, fs_file *f, uint64_t index, kv_buf *out,
     if (!f->have_cached || f->cached_index != index) {
         f->have_cached = false;
         int rc = fs__chunk_get(fs, c, &f->cached);
+        if (rc == KV_ENOTFOUND) {
+            /* The manifest names it, the store has none: damage (EIO),
+             * not a missing file. */
+            kv_error(FS_MOD, "chunk %llu of a file is missing",
+                     (unsigned long long)index);
+            rc = KV_ECORRUPT;
+        }
         if (rc) return rc;
         f->have_cached = true;
         f->cached_index = index;
@@ -269,6 +276,32 @@ int fs__file_truncate(qfs_fs *fs, fs_file *f, uint64_t size) {
     return 0;
 }
 
+/* The chunks this file's manifest took from the version it read are
+ * referred to by that version, or by this mount's last write-back; if
+ * another mount wrote the file since, neither may be stored any more and
+ * a sweep may take those chunks: store again any older than half the
+ * grace before this version refers to them (EIO if one is gone). */
+static int keep_if_overtaken(qfs_fs *fs, const fs_id *id, fs_file *f) {
+    const fs_inode *ino = &f->obj.ino;
+    if (!ino->chunked || ino->nchunks == 0) return 0;
+    fs_obj cur;
+    fs__obj_init(&cur);
+    int rc = fs__obj_get(fs, id, &cur);
+    bool ours = rc == 0 && cur.nsib == 0 &&
+                (cur.ver == f->put_ver || cur.ver == f->obj.ver);
+    if (rc == KV_ENOTFOUND) rc = 0;
+    fs__obj_release(&cur);
+    for (size_t i = 0; rc == 0 && !ours && i < ino->nchunks; i++) {
+        rc = fs__chunk_keep(fs, &ino->chunks[i]);
+        if (rc == KV_ENOTFOUND) {
+            kv_error(FS_MOD, "a chunk this version refers to was reclaimed "
+                             "after another mount rewrote the file");
+            rc = KV_ECORRUPT;
+        }
+    }
+    return rc;
+}
+
 int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
     /* fsync of a clean file: what earlier closes wrote went out unsynced
      * (maybe from another open, whose state is gone); put the inode
@@ -282,6 +315,7 @@ int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
      * may have outlived the sweep's grace: store them again before the
      * inode refers to them. One a sweep took is lost: EIO, not a manifest
      * pointing at nothing. */
+    if ((rc = keep_if_overtaken(fs, id, f))) return rc;
     if (f->npending > 0 &&
         wall_ns() - f->pending_oldest_ns >= fs__grace_half_ns(fs)) {
         for (size_t i = 0; rc == 0 && i < f->npending; i++) {

@@ -232,6 +232,22 @@ static int resolve(qfs_fs *fs, fs_dview *v, const char *name, shown *out) {
     return rc;
 }
 
+/* resolve on a view that may hold recent copies: a name they lack is
+ * looked for again in the store (another mount may have added it since
+ * they were read). Any shown name from v before this call is invalid
+ * after it. */
+static int resolve_recent(qfs_fs *fs, fs_dview *v, const char *name,
+                          shown *out) {
+    int rc = resolve(fs, v, name, out);
+    if (rc != KV_ENOTFOUND || v->n == 0) return rc;
+    bool top = v->top_split;
+    fs_id id = v->id;
+    fs__dview_release(v);
+    fs__dview_init(v, &id);
+    v->top_split = top;
+    return resolve(fs, v, name, out);
+}
+
 /* The version ver of o (0: the winner), or NULL. */
 static const fs_inode *version_in(const fs_obj *o, uint64_t ver) {
     if (ver == 0 || ver == o->ver) return &o->ino;
@@ -297,6 +313,8 @@ static void recent_drop(fs_node *dn) {
 /* The recent view of dn (or a new empty one) for a change; NULL on
  * -ENOMEM. Give it back with recent_keep. */
 static fs_dview *recent_take(qfs_fs *fs, fs_node *dn) {
+    if (__atomic_exchange_n(&dn->recent_old, false, __ATOMIC_RELAXED))
+        recent_drop(dn);
     fs_dview *v = dn->dcache;
     dn->dcache = NULL;
     if (!v) {
@@ -351,8 +369,21 @@ static void recent_offer(fs_node *dn, fs_dview *v) {
         }
         if (dn->dcache) fs__dview_absorb(dn->dcache, v);
         pthread_mutex_unlock(&dn->lock);
+    } else {
+        /* Busy: the recent copies may now be older than what this read
+         * saw; the next change reads afresh. */
+        __atomic_store_n(&dn->recent_old, true, __ATOMIC_RELAXED);
     }
     fs__dview_release(v);
+}
+
+/* Directory id changed other than through its node (removed): whatever
+ * its node keeps is read again. No lock taken but the table's. */
+static void recent_forget(qfs_fs *fs, const fs_id *id) {
+    fs_node *nd = fs__node_get(fs, id, 0, FS_DIR, 0);
+    if (!nd) return;
+    __atomic_store_n(&nd->recent_old, true, __ATOMIC_RELAXED);
+    fs__node_put(fs, nd);
 }
 
 /* Level 0 of dn if read or written in the last max_age seconds (dn->lock
@@ -398,12 +429,14 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
         err = -rc;
     else if (rc)
         err = fs__errno(fs, rc, "lookup", rc == KV_ENOTFOUND ? NULL : &dn->id);
+    /* Offered before the reply: the kernel's next call for this name
+     * (a create, an unlink, a rename) then works on what this read saw. */
+    recent_offer(dn, &v);
     if (err) {
         fuse_reply_err(req, err);
     } else {
         reply_entry(req, fs, &e.id, e.ver, &child.ino);
     }
-    recent_offer(dn, &v);
     fs__obj_release(&child);
 }
 
@@ -783,7 +816,7 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
     fs_dview *v = recent_take(fs, dn);
     int rc = v ? 0 : -ENOMEM;
     shown e;
-    if (rc == 0) rc = resolve(fs, v, name, &e);
+    if (rc == 0) rc = resolve_recent(fs, v, name, &e);
     if (rc == 0) {
         cid = e.id;
         if (rmdir && e.type != FS_DIR) rc = -ENOTDIR;
@@ -800,6 +833,10 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
     if (rc == 0 && rmdir) {
         child.id = cid;
         rc = dir_empty(fs, &child);
+        /* Removed first, then unnamed: a mount still holding it (a cwd,
+         * a cached name) can add nothing to it, which would go with it. */
+        if (rc == 0) rc = fs__dview_remove_dir(fs, &child);
+        if (rc == 0) recent_forget(fs, &cid);
     }
     if (rc == 0) {
         /* Remove exactly the entry shown under this name. */
@@ -851,7 +888,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
     fs_dview *tv = sn == tn ? sv : recent_take(fs, tn);
     int rc = sv && tv ? 0 : -ENOMEM;
     shown se, te;
-    if (rc == 0) rc = resolve(fs, sv, name, &se);
+    if (rc == 0) rc = resolve_recent(fs, sv, name, &se);
     int trc = rc == 0 ? resolve(fs, tv, newname, &te) : rc;
     if (rc == 0 && trc != 0 && trc != KV_ENOTFOUND) rc = trc;
     bool target = rc == 0 && trc == 0;
@@ -887,6 +924,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
             else if (te.type == FS_DIR) {
                 victim.id = vid;
                 rc = dir_empty(fs, &victim);
+                if (rc == 0) rc = fs__dview_remove_dir(fs, &victim);
+                if (rc == 0) recent_forget(fs, &vid);
             }
             replaced = rc == 0;
         }

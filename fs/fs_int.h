@@ -104,6 +104,7 @@ typedef struct fs_node {
     uint32_t opens;       /* [lock] */
     bool has_pending;     /* [atomic] file->npending > 0 (sweep.c) */
     bool split0;          /* [atomic] directories: level 0 was seen split */
+    bool recent_old;      /* [atomic] a fresh read could not join dcache */
     bool unlinked;        /* [lock] its last name is gone: delete on release */
     pthread_mutex_t lock; /* serialises changes to the object */
     fs_file *file;        /* [lock] while open */
@@ -148,6 +149,7 @@ struct qfs_fs {
     pthread_mutex_t bg_mu;
     pthread_cond_t bg_cv;
     fs_sweep_stats sweep; /* [bg_mu] */
+    void *sweep_unnamed;  /* sweep.c: inodes the last sweep found unnamed */
     pthread_mutex_t actor_mu;
     fs_actor *actors; /* [actor_mu] FS_ACTORS slots, by hash */
     pthread_mutex_t pool_mu;
@@ -199,10 +201,16 @@ int fs__chunk_put(qfs_fs *fs, kv_slice bytes, fs_chunk *c, int64_t *stored_ns);
 /* Write chunk c again (read, checked, stored: a fresh write time).
  * KV_ENOTFOUND if it is gone. */
 int fs__chunk_refresh(qfs_fs *fs, const fs_chunk *c);
+/* The same only if its last write is older than half the sweep's grace
+ * (one read otherwise). */
+int fs__chunk_keep(qfs_fs *fs, const fs_chunk *c);
 /* Half the sweep's grace, and how old a pending chunk may get before its
  * file is written back (nanoseconds). */
 int64_t fs__grace_half_ns(const qfs_fs *fs);
 int64_t fs__pending_age_ns(const qfs_fs *fs);
+/* A write time from the wire (microseconds) in nanoseconds, saturating:
+ * a bad value must not wrap into an old one. */
+int64_t fs__us_ns(uint64_t us);
 /* fn with a pooled connection (a new one if the first is dead). */
 int fs__with_client(qfs_fs *fs, int (*fn)(void *arg, rep_client *c), void *arg);
 /* Delete key (empty: chunk hash's key) if it has a live version and none
@@ -262,6 +270,9 @@ void fs__dview_wrote(fs_node *dn, fs_dview *v);
 /* fsyncdir: write dn's level 0 and every shard it wrote unsynced (all
  * of them if unknown) again, synced (dn->lock held). */
 int fs__dir_sync(qfs_fs *fs, fs_node *dn);
+/* Mark the directory of v (level 0 read) removed, so no name can be
+ * added to it any more, and write it. */
+int fs__dview_remove_dir(qfs_fs *fs, fs_dview *v);
 /* Entries in all of v's objects. */
 size_t fs__dview_count(const fs_dview *v);
 /* Drop objects read before older_than_ns, changed or stale. */

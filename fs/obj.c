@@ -24,9 +24,10 @@
 
 #define MOD "fs"
 #define MAGIC "QFSI"
-#define VERSION 2u   /* 1: the same without the directory flags byte */
-#define DIR_SPLIT 1u /* directory flags: split (see obj.h) */
-#define HDR_BYTES 6u /* magic, version, type */
+#define VERSION 2u     /* 1: the same without the directory flags byte */
+#define DIR_SPLIT 1u   /* directory flags: split (see obj.h) */
+#define DIR_REMOVED 2u /* ... removed (rmdir; see obj.h) */
+#define HDR_BYTES 6u   /* magic, version, type */
 #define SUM_BYTES 8u
 #define BODY_INLINE 0u
 #define BODY_CHUNKED 1u
@@ -312,6 +313,7 @@ int fs_inode_copy(fs_inode *dst, const fs_inode *src) {
     t.ctime_ns = src->ctime_ns;
     t.chunked = src->chunked;
     t.split = src->split;
+    t.removed = src->removed;
     void *p;
     int rc = copy_xattrs(&t.xattrs, src->xattrs, src->nxattrs);
     if (rc) goto out;
@@ -417,7 +419,8 @@ static void emit(const fs_inode *ino, const xview *xv, writer *w) {
         }
         break;
     case FS_DIR:
-        put_u8(w, ino->split ? DIR_SPLIT : 0);
+        put_u8(w, (uint8_t)((ino->split ? DIR_SPLIT : 0) |
+                            (ino->removed ? DIR_REMOVED : 0)));
         put_var(w, ino->nclock);
         for (size_t i = 0; i < ino->nclock; i++) {
             put_u64(w, ino->clock[i].actor);
@@ -455,7 +458,8 @@ static int check_inode(const fs_inode *ino) {
     bool is_dir = ino->type == FS_DIR;
     /* Nothing that the type's encoding would leave out. */
     if ((!is_file && (ino->chunked || ino->nchunks)) ||
-        (!is_dir && (ino->nclock || ino->nentries || ino->split)) ||
+        (!is_dir &&
+         (ino->nclock || ino->nentries || ino->split || ino->removed)) ||
         (is_file && ino->chunked && ino->data.len) ||
         (is_file && !ino->chunked && ino->nchunks) || (is_dir && ino->data.len))
         return -EINVAL;
@@ -685,9 +689,10 @@ static int parse_dir(parser *p, size_t size_off, unsigned version) {
         size_t off = at(p);
         const uint8_t *flags;
         if ((rc = get_raw(p, "directory flags", 1, &flags))) return rc;
-        if (*flags & ~DIR_SPLIT)
+        if (*flags & ~(DIR_SPLIT | DIR_REMOVED))
             return fail(p, off, "directory flags", "unknown bits");
         ino->split = *flags & DIR_SPLIT;
+        ino->removed = *flags & DIR_REMOVED;
     }
     rc = get_count(p, "clock count", CLOCK_MIN, UINT64_MAX, &n);
     if (rc) return rc;
@@ -1074,6 +1079,7 @@ int fs_dir_merge(fs_inode *a, const fs_inode *b) {
     a->nentries = a->entries_cap = nents;
     ents = NULL;
     a->split |= b->split;
+    a->removed |= b->removed;
     kv_free(a->clock);
     a->clock = clock;
     a->nclock = nclock;

@@ -116,6 +116,10 @@ typedef struct fs_inode {
      * object go one level down (see "shards" below). Never cleared; a
      * merge keeps it if either side has it. */
     bool split;
+    /* Directories (level 0): removed by rmdir (or replaced by a rename);
+     * no name can be added to it any more. Never cleared; a merge keeps
+     * it if either side has it. */
+    bool removed;
     /* Symlinks: the target is data (1 .. FS_SYMLINK_MAX bytes, no NUL,
      * size its length). */
 } fs_inode;

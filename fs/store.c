@@ -386,6 +386,10 @@ int64_t fs__pending_age_ns(const qfs_fs *fs) {
     return KV_MIN((int64_t)10 * 1000000000, fs__grace_half_ns(fs) / 4);
 }
 
+int64_t fs__us_ns(uint64_t us) {
+    return us > (uint64_t)INT64_MAX / 1000 ? INT64_MAX : (int64_t)us * 1000;
+}
+
 /* A key's stored object, read for a change: its siblings (set is NULL
  * when nothing is stored) and the context that covers them. */
 typedef struct chunk_obj {
@@ -425,20 +429,32 @@ static int chunk_obj_read(qfs_fs *fs, kv_slice key,
  * half the grace (force: never), else written with the context of what
  * is there (superseding it: an old copy, a damaged one, a sweep's
  * tombstone). */
-static int chunk_store(qfs_fs *fs, kv_slice bytes, const fs_chunk *c,
-                       bool force, int64_t *stored_ns) {
-    chunk_obj o;
-    int rc = chunk_obj_read(fs, kv_slice_make(NULL, 0), c->hash, &o);
-    int64_t good = -1; /* the newest good copy's write time */
-    for (size_t i = 0; rc == 0 && o.set && i < dvv_set_siblings(o.set); i++) {
-        dvv_sibling s = dvv_set_sibling(o.set, i);
+/* The newest live sibling of o that is chunk c (its hash and length
+ * checked) into *best: its write time, or -1 when there is none. */
+static int64_t good_copy(const chunk_obj *o, const fs_chunk *c,
+                         dvv_sibling *best) {
+    int64_t good = -1;
+    for (size_t i = 0; o->set && i < dvv_set_siblings(o->set); i++) {
+        dvv_sibling s = dvv_set_sibling(o->set, i);
         uint8_t h[FS_HASH_LEN];
         if (s.value.flags & DVV_TOMBSTONE) continue;
         fs_chunk_hash(s.value.bytes, h);
         if (s.value.bytes.len != c->len || memcmp(h, c->hash, sizeof h))
             continue;
-        good = KV_MAX(good, (int64_t)s.value.timestamp * 1000);
+        if (fs__us_ns(s.value.timestamp) > good) {
+            good = fs__us_ns(s.value.timestamp);
+            *best = s;
+        }
     }
+    return good;
+}
+
+static int chunk_store(qfs_fs *fs, kv_slice bytes, const fs_chunk *c,
+                       bool force, int64_t *stored_ns) {
+    chunk_obj o;
+    dvv_sibling best;
+    int rc = chunk_obj_read(fs, kv_slice_make(NULL, 0), c->hash, &o);
+    int64_t good = rc == 0 ? good_copy(&o, c, &best) : -1;
     if (rc == 0 && !force && good >= wall_now_ns() - fs__grace_half_ns(fs)) {
         *stored_ns = good;
     } else if (rc == 0) {
@@ -454,6 +470,19 @@ int fs__chunk_put(qfs_fs *fs, kv_slice bytes, fs_chunk *c, int64_t *stored_ns) {
     fs_chunk_hash(bytes, c->hash);
     c->len = (uint32_t)bytes.len;
     return chunk_store(fs, bytes, c, false, stored_ns);
+}
+
+int fs__chunk_keep(qfs_fs *fs, const fs_chunk *c) {
+    chunk_obj o;
+    dvv_sibling best = {0};
+    int rc = chunk_obj_read(fs, kv_slice_make(NULL, 0), c->hash, &o);
+    int64_t good = rc == 0 ? good_copy(&o, c, &best) : -1;
+    if (rc == 0 && good < 0) rc = KV_ENOTFOUND;
+    if (rc == 0 && good < wall_now_ns() - fs__grace_half_ns(fs))
+        rc = call(fs, OP_PUT, kv_buf_slice(&o.key), kv_buf_slice(&o.ctx),
+                  best.value.bytes, true, NULL);
+    chunk_obj_release(&o);
+    return rc;
 }
 
 int fs__chunk_refresh(qfs_fs *fs, const fs_chunk *c) {
@@ -475,7 +504,7 @@ int fs__reclaim(qfs_fs *fs, kv_slice key, const uint8_t hash[FS_HASH_LEN],
         dvv_sibling s = dvv_set_sibling(o.set, i);
         if (s.value.flags & DVV_TOMBSTONE) continue;
         live = true;
-        young |= (int64_t)s.value.timestamp * 1000 >= cutoff_ns;
+        young |= fs__us_ns(s.value.timestamp) >= cutoff_ns;
     }
     /* Written again since it was listed (a writer storing the same
      * bytes): it stays. */

@@ -37,9 +37,11 @@
  * same bytes at the same time: its put supersedes or sits beside the
  * tombstone, and a live sibling is the chunk.
  *
- * What it does not cover (docs/ARCHITECTURE.md): a file open for longer
- * than G whose other versions, written meanwhile by another mount, no
- * longer refer to chunks this mount's version still does.
+ * A version written back by a mount that another mount overtook (fs/file.c,
+ * keep_if_overtaken) stores again first the chunks it took from the
+ * version it read. What it does not cover (docs/ARCHITECTURE.md): a file
+ * another mount removed, held open here for longer than about 2G after
+ * its last write.
  */
 #include "fs/fs_int.h"
 
@@ -117,6 +119,10 @@ static void set_free(set16 *s) {
     memset(s, 0, sizeof *s);
 }
 
+static void write_back_due(qfs_fs *fs);
+
+#define RELIST_SLACK_NS (10 * (int64_t)1000000000)
+
 /* ---- lists of keys ---- */
 
 typedef struct keyv {
@@ -157,17 +163,19 @@ static void keyv_free(keyv *v) {
 typedef struct sweep {
     qfs_fs *fs;
     kv_buf prefix_i, prefix_c, prefix_s;
-    set16 ids;    /* live inode objects listed */
-    set16 old;    /* ... of them, last written before the cutoff */
-    set16 named;  /* ids a directory entry names */
-    set16 refs;   /* chunks some inode version refers to */
-    set16 seen;   /* live chunks listed */
-    set16 doomed; /* ... of them, unreferenced and old */
-    set16 keyset; /* shard and re-read keys listed (their hashes) */
-    keyv shards;  /* shard keys */
-    keyv again;   /* keys written since the sweep began, to read again */
+    set16 ids;     /* live inode objects listed */
+    set16 old;     /* ... of them, last written before the cutoff */
+    set16 named;   /* ids a directory entry names */
+    set16 refs;    /* chunks some inode version refers to */
+    set16 seen;    /* live chunks listed */
+    set16 doomed;  /* ... of them, unreferenced and old */
+    set16 keyset;  /* shard and re-read keys listed (their hashes) */
+    set16 removed; /* directories rmdir removed: their entries name nothing */
+    keyv shards;   /* shard keys */
+    keyv again;    /* keys written since the sweep began, to read again */
     bool relisting;
     int64_t t0_ns, cutoff_ns;
+    int64_t last_tick_ns; /* write-backs go on while a sweep runs */
     char why[256];
 } sweep;
 
@@ -204,7 +212,8 @@ static int id_of(kv_slice key, const kv_buf *prefix, bool tail,
  * sweep began (a rename that moved an entry into an object already
  * read), each once. */
 static int relist(sweep *w, const rep_scan_item *it) {
-    if ((int64_t)it->newest_us * 1000 < w->t0_ns - 1000000000) return 0;
+    /* Slack for the clocks of the nodes that stamped the writes. */
+    if (fs__us_ns(it->newest_us) < w->t0_ns - RELIST_SLACK_NS) return 0;
     uint8_t h[16];
     fs_chunk_hash(it->key, h);
     if (set_has(&w->keyset, h)) return 0;
@@ -218,7 +227,7 @@ static int on_inode(void *arg, const rep_scan_item *it) {
     if (it->tombstone || id_of(it->key, &w->prefix_i, false, id)) return 0;
     if (w->relisting) return relist(w, it);
     int rc = set_add(&w->ids, id);
-    if (rc == 0 && (int64_t)it->newest_us * 1000 < w->cutoff_ns)
+    if (rc == 0 && fs__us_ns(it->newest_us) < w->cutoff_ns)
         rc = set_add(&w->old, id);
     return rc;
 }
@@ -233,7 +242,7 @@ static int on_shard(void *arg, const rep_scan_item *it) {
     int rc = set_add(&w->keyset, h);
     if (rc == 0)
         rc = keyv_add(&w->shards, it->key,
-                      (int64_t)it->newest_us * 1000 < w->cutoff_ns);
+                      fs__us_ns(it->newest_us) < w->cutoff_ns);
     return rc;
 }
 
@@ -242,10 +251,18 @@ static int on_chunk(void *arg, const rep_scan_item *it) {
     uint8_t h[16];
     if (it->tombstone || id_of(it->key, &w->prefix_c, false, h)) return 0;
     int rc = set_add(&w->seen, h); /* each copy is listed: count one */
-    if (rc || (int64_t)it->newest_us * 1000 >= w->cutoff_ns ||
-        set_has(&w->refs, h))
+    if (rc || fs__us_ns(it->newest_us) >= w->cutoff_ns || set_has(&w->refs, h))
         return rc;
     return set_add(&w->doomed, h);
+}
+
+/* A long sweep must not hold up the write-backs that keep writers'
+ * stored chunks referred to (rule 1): do them between its steps. */
+static void tick(sweep *w) {
+    int64_t now = now_ns();
+    if (now - w->last_tick_ns < fs__pending_age_ns(w->fs) / 2) return;
+    w->last_tick_ns = now;
+    write_back_due(w->fs);
 }
 
 /* Every key under prefix on the node c is connected to. */
@@ -259,6 +276,7 @@ static int scan_node(sweep *w, rep_client *c, const kv_buf *prefix,
             rc = KV_ECLOSED;
             break;
         }
+        tick(w);
         rc = rep_client_scan(c, kv_buf_slice(prefix), &cursor, 0, cb, w, &more);
     }
     kv_buf_release(&cursor);
@@ -304,14 +322,16 @@ static int scan_members(sweep *w, rep_client *c, const kv_buf *prefix,
 }
 
 /* Note what an object read refers to: a file's chunks (every version), a
- * directory's or shard's names. */
-static int note(sweep *w, const fs_obj *o) {
+ * directory's or shard's names (none for a removed directory; dir: the
+ * directory of a shard, else NULL). */
+static int note(sweep *w, const fs_obj *o, const uint8_t *dir) {
     int rc = 0;
+    bool gone = o->ino.removed || (dir && set_has(&w->removed, dir));
     for (size_t v = 0; rc == 0 && v <= o->nsib; v++) {
         const fs_inode *ino = v == 0 ? &o->ino : &o->sibs[v - 1];
         for (size_t k = 0; rc == 0 && ino->chunked && k < ino->nchunks; k++)
             rc = set_add(&w->refs, ino->chunks[k].hash);
-        for (size_t k = 0; rc == 0 && k < ino->nentries; k++)
+        for (size_t k = 0; rc == 0 && !gone && k < ino->nentries; k++)
             rc = set_add(&w->named, ino->entries[k].id.b);
     }
     return rc;
@@ -320,10 +340,16 @@ static int note(sweep *w, const fs_obj *o) {
 /* Read key and note it; a key gone since it was listed is nothing. */
 static int read_note(sweep *w, kv_slice key) {
     if (stopping(w->fs)) return KV_ECLOSED;
+    tick(w);
     fs_obj o;
     fs__obj_init(&o);
     int rc = fs__key_get(w->fs, key, &o);
-    if (rc == 0) rc = note(w, &o);
+    uint8_t dir[16];
+    bool shard = id_of(key, &w->prefix_s, true, dir) == 0;
+    if (rc == 0 && !shard && o.ino.type == FS_DIR && o.ino.removed &&
+        id_of(key, &w->prefix_i, false, dir) == 0)
+        rc = set_add(&w->removed, dir);
+    if (rc == 0) rc = note(w, &o, shard ? dir : NULL);
     if (rc == KV_ENOTFOUND) rc = 0;
     if (rc)
         snprintf(w->why, sizeof w->why, "cannot read %.*s: %s",
@@ -357,6 +383,7 @@ static int prefix_of(const char *volume, char kind, kv_buf *out) {
 }
 
 static int run(sweep *w, rep_client *c) {
+    w->relisting = false; /* a retry starts over */
     int rc = prefix_of(w->fs->o.volume, 'i', &w->prefix_i);
     if (rc == 0) rc = prefix_of(w->fs->o.volume, 'c', &w->prefix_c);
     if (rc == 0) rc = prefix_of(w->fs->o.volume, 's', &w->prefix_s);
@@ -389,19 +416,33 @@ static int reclaim(sweep *w, uint64_t *chunks, uint64_t *inodes) {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < w->doomed.cap; i++) {
         if (!w->doomed.used[i]) continue;
-        if (stopping(fs)) return KV_ECLOSED;
+        if (stopping(fs)) {
+            rc = KV_ECLOSED;
+            break;
+        }
         bool g = false;
         int r = fs__reclaim(fs, kv_slice_make(NULL, 0), w->doomed.k[i],
                             w->cutoff_ns, &g);
         if (r) fs__errno(fs, r, "sweep: reclaim a chunk", NULL);
         *chunks += g;
     }
+    /* An inode goes only when two sweeps in a row found it unnamed: a
+     * name moved twice while one sweep read the directories (once past
+     * its first reading of them, once past its second) can hide it from
+     * one sweep, not from two. */
+    set16 *prev = fs->sweep_unnamed, *now = kv_calloc(1, sizeof *now);
+    if (!now) rc = -ENOMEM;
     for (size_t i = 0; rc == 0 && i < w->old.cap; i++) {
         if (!w->old.used[i] || set_has(&w->named, w->old.k[i])) continue;
+        if ((rc = set_add(now, w->old.k[i]))) break;
+        if (!prev || !set_has(prev, w->old.k[i])) continue;
         fs_id id;
         memcpy(id.b, w->old.k[i], FS_ID_LEN);
         if (fs_id_is_root(&id)) continue;
-        if (stopping(fs)) return KV_ECLOSED;
+        if (stopping(fs)) {
+            rc = KV_ECLOSED;
+            break;
+        }
         bool g = false;
         int r = fs_key_inode(fs->o.volume, &id, &key);
         if (r == 0)
@@ -410,13 +451,24 @@ static int reclaim(sweep *w, uint64_t *chunks, uint64_t *inodes) {
         if (g) rc = set_add(&gone, id.b);
         *inodes += g;
     }
+    if (rc == 0) {
+        if (prev) set_free(prev);
+        kv_free(prev);
+        fs->sweep_unnamed = now;
+        now = NULL;
+    }
+    if (now) set_free(now);
+    kv_free(now);
     for (size_t i = 0; rc == 0 && i < w->shards.n; i++) {
         uint8_t id[16];
         kv_slice k = kv_slice_str(w->shards.k[i]);
         if (!w->shards.old[i] || id_of(k, &w->prefix_s, true, id) ||
             (set_has(&w->ids, id) && !set_has(&gone, id)))
             continue;
-        if (stopping(fs)) return KV_ECLOSED;
+        if (stopping(fs)) {
+            rc = KV_ECLOSED;
+            break;
+        }
         bool g = false;
         int r = fs__reclaim(fs, k, NULL, w->cutoff_ns, &g);
         if (r) fs__errno(fs, r, "sweep: reclaim a shard", NULL);
@@ -461,8 +513,8 @@ int fs__sweep(qfs_fs *fs) {
                 "chunks and %llu inodes",
                 (unsigned long long)w.ids.n, (unsigned long long)w.seen.n,
                 (unsigned long long)chunks, (unsigned long long)inodes);
-    set16 *sets[] = {&w.ids,  &w.old,    &w.named, &w.refs,
-                     &w.seen, &w.doomed, &w.keyset};
+    set16 *sets[] = {&w.ids,  &w.old,    &w.named,  &w.refs,
+                     &w.seen, &w.doomed, &w.keyset, &w.removed};
     for (size_t i = 0; i < sizeof sets / sizeof *sets; i++) set_free(sets[i]);
     keyv_free(&w.shards);
     keyv_free(&w.again);
@@ -554,4 +606,7 @@ void fs__bg_stop(qfs_fs *fs) {
     pthread_mutex_unlock(&fs->bg_mu);
     pthread_join(fs->bg, NULL);
     fs->bg_started = false;
+    if (fs->sweep_unnamed) set_free(fs->sweep_unnamed);
+    kv_free(fs->sweep_unnamed);
+    fs->sweep_unnamed = NULL;
 }

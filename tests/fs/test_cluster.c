@@ -379,6 +379,31 @@ Test(fscluster, removing_one_of_two_names_keeps_the_object_for_the_other) {
     rep_client_close(c);
 }
 
+/* A directory removed on one mount takes no new names on another that
+ * still holds it (an open descriptor, a cwd): they would go with it. */
+Test(fscluster, a_directory_removed_elsewhere_takes_no_new_names) {
+    A_OK("mkdir d && echo data > x");
+    char path[256];
+    snprintf(path, sizeof path, "%s/d", g_b.dir);
+    int dfd = open(path, O_RDONLY | O_DIRECTORY);
+    cr_assert_geq(dfd, 0, "open d on b: %s", strerror(errno));
+    A_OK("rmdir d && ! test -e d");
+    errno = 0;
+    int fd = openat(dfd, "new", O_CREAT | O_WRONLY, 0644);
+    int err = errno;
+    if (fd >= 0) close(fd);
+    cr_assert_lt(fd, 0, "a create in a removed directory succeeded");
+    cr_assert_eq(err, ENOENT, "create: %s", strerror(err));
+    char from[256];
+    snprintf(from, sizeof from, "%s/x", g_b.dir);
+    errno = 0;
+    cr_assert_neq(renameat(AT_FDCWD, from, dfd, "x"), 0,
+                  "a rename into a removed directory succeeded");
+    cr_assert_eq(errno, ENOENT, "rename: %s", strerror(errno));
+    close(dfd);
+    B_OK("test \"$(cat x)\" = data");
+}
+
 /* Regression (review): lookups racing forgets and replaced names once
  * freed a node another thread was using. Mount B keeps replacing a name
  * while 8 threads on mount A, with no kernel caching, stat it. */

@@ -716,13 +716,14 @@ Test(obj, every_decoder_check_rejects_its_case, .init = capture_log) {
          b_raw(&b, "QFSI\x02\x02\x00\x00\x00", 9), MARK(), b_var(&b, 1),
          b_var(&b, 0), b_var(&b, 0), b_var(&b, 0), b_var(&b, 0),
          b_dflags(&b, 0), b_var(&b, 0), b_var(&b, 0));
-    /* The flags byte: bit 0 is split, every other bit is unknown. */
+    /* The flags byte: bit 0 is split, bit 1 removed, every other bit is
+     * unknown. */
     CASE(0, NULL, b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 1),
          b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "directory flags: unknown bits", b_head(&b, FS_DIR, 0, 0),
-         b_var(&b, 0), MARK(), b_dflags(&b, 2), b_var(&b, 0), b_var(&b, 0));
-    CASE(KV_ECORRUPT, "directory flags: unknown bits", b_head(&b, FS_DIR, 0, 0),
-         b_var(&b, 0), MARK(), b_dflags(&b, 3), b_var(&b, 0), b_var(&b, 0));
+         b_var(&b, 0), MARK(), b_dflags(&b, 4), b_var(&b, 0), b_var(&b, 0));
+    CASE(0, NULL, b_head(&b, FS_DIR, 0, 0), b_var(&b, 0), b_dflags(&b, 3),
+         b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "directory flags: unknown bits", b_head(&b, FS_DIR, 0, 0),
          b_var(&b, 0), MARK(), b_dflags(&b, 0x80), b_var(&b, 0), b_var(&b, 0));
     CASE(KV_ECORRUPT, "directory flags: unknown bits", b_head(&b, FS_DIR, 0, 0),

@@ -56,6 +56,13 @@ static long long stat_of(const char *field) {
     return -1;
 }
 
+/* Wait until field reaches at least want (30 s at most). */
+static void wait_for(const char *field, long long want) {
+    for (int i = 0; i < 600 && stat_of(field) < want; i++) sleep_ms(50);
+    cr_assert_geq(stat_of(field), want, "%s stayed at %lld, below %lld", field,
+                  stat_of(field), want);
+}
+
 /* Wait for k more sweeps to end (finished or given up). */
 static void wait_sweeps(int k) {
     long long want = stat_of("runs") + stat_of("failed") + k;
@@ -76,9 +83,11 @@ Test(sweep, chunks_nothing_refers_to_are_reclaimed_and_files_stay_intact) {
     SH_OK(g_m.dir, "mkdir d && for i in $(seq 300); do : > d/f$i; done && "
                    "mkdir keep && : > keep/x && rm -r d");
     sleep_ms(2500); /* past the grace of everything written */
-    /* The first sweep takes the objects nothing names (b, d and its
-     * files), the next the chunks only b referred to. */
-    wait_sweeps(2);
+    /* Objects nothing names (b, d and its files) go at the second sweep
+     * that finds them unnamed, the chunks only b referred to at the next. */
+    wait_for("inodes_reclaimed_total", 302);
+    wait_for("reclaimed_total", 9);
+    wait_sweeps(1);
     cr_assert_eq(stat_of("failed"), 0);
     cr_assert_eq(stat_of("reclaimed_total"), 9, "reclaimed %lld of 9",
                  stat_of("reclaimed_total"));
@@ -92,8 +101,9 @@ Test(sweep, chunks_nothing_refers_to_are_reclaimed_and_files_stay_intact) {
     /* And across a remount, from the store alone. */
     cr_assert_eq(qmount_stop(&g_m), 0);
     qmount_start(&g_m, NULL, SWEEP_OPTS);
-    SH_OK(g_m.dir, "test $(stat -c %%s a) = 6291456 && test ! -e b && "
-                   "test -e keep/x && test \"$(ls)\" = \"$(printf 'a\\nkeep')\"");
+    SH_OK(g_m.dir,
+          "test $(stat -c %%s a) = 6291456 && test ! -e b && "
+          "test -e keep/x && test \"$(ls)\" = \"$(printf 'a\\nkeep')\"");
 }
 
 /* Chunks a long write stores before its inode is written (more than 16
@@ -153,8 +163,8 @@ Test(sweepcl, one_mount_sweeps_what_another_wrote_and_a_dead_node_stops_it) {
     SH_OK(g_b.dir, "head -c 4M /dev/urandom > /tmp/qfs-swc.$PPID && "
                    "cp /tmp/qfs-swc.$PPID keep && head -c 2M /dev/urandom > "
                    "gone && rm gone");
-    sleep_ms(2500);
-    wait_sweeps(2);
+    wait_for("reclaimed_total", 2);
+    wait_sweeps(1);
     cr_assert_eq(stat_of("failed"), 0, "a sweep gave up");
     cr_assert_eq(stat_of("reclaimed_total"), 2);
     SH_OK(g_b.dir, "cmp keep /tmp/qfs-swc.$PPID");
