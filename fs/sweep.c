@@ -337,41 +337,63 @@ static int note(sweep *w, const fs_obj *o, const uint8_t *dir) {
     return rc;
 }
 
-/* Read key and note it; a key gone since it was listed is nothing. */
-static int read_note(sweep *w, kv_slice key) {
-    if (stopping(w->fs)) return KV_ECLOSED;
-    tick(w);
-    fs_obj o;
-    fs__obj_init(&o);
-    int rc = fs__key_get(w->fs, key, &o);
+/* Note what key's read gave (o, rc); a key gone since it was listed is
+ * nothing. */
+static int note_read(sweep *w, kv_slice key, const fs_obj *o, int rc) {
     uint8_t dir[16];
     bool shard = id_of(key, &w->prefix_s, true, dir) == 0;
-    if (rc == 0 && !shard && o.ino.type == FS_DIR && o.ino.removed &&
+    if (rc == 0 && !shard && o->ino.type == FS_DIR && o->ino.removed &&
         id_of(key, &w->prefix_i, false, dir) == 0)
         rc = set_add(&w->removed, dir);
-    if (rc == 0) rc = note(w, &o, shard ? dir : NULL);
+    if (rc == 0) rc = note(w, o, shard ? dir : NULL);
     if (rc == KV_ENOTFOUND) rc = 0;
     if (rc)
         snprintf(w->why, sizeof w->why, "cannot read %.*s: %s",
                  (int)KV_MIN(key.len, 120), (const char *)key.ptr,
                  kv_strerror(rc));
-    fs__obj_release(&o);
+    return rc;
+}
+
+/* Read keys[0..n) by quorum, FS_KEYS_MAX at once, and note them. Inodes
+ * before shards: a shard's notes depend on whether its directory was
+ * removed. */
+static int read_notes(sweep *w, char *const *keys, size_t n) {
+    kv_slice ks[FS_KEYS_MAX];
+    fs_obj os[FS_KEYS_MAX];
+    int rcs[FS_KEYS_MAX];
+    int rc = 0;
+    for (size_t i = 0; i < FS_KEYS_MAX; i++) fs__obj_init(&os[i]);
+    for (size_t at = 0; rc == 0 && at < n; at += FS_KEYS_MAX) {
+        if (stopping(w->fs)) {
+            rc = KV_ECLOSED;
+            break;
+        }
+        tick(w);
+        size_t m = KV_MIN(n - at, (size_t)FS_KEYS_MAX);
+        for (size_t i = 0; i < m; i++) ks[i] = kv_slice_str(keys[at + i]);
+        fs__keys_get(w->fs, ks, m, os, rcs);
+        for (size_t i = 0; rc == 0 && i < m; i++)
+            rc = note_read(w, ks[i], &os[i], rcs[i]);
+    }
+    for (size_t i = 0; i < FS_KEYS_MAX; i++) fs__obj_release(&os[i]);
     return rc;
 }
 
 /* Every listed inode and shard, read by quorum. */
 static int mark(sweep *w) {
-    int rc = 0;
+    keyv inodes = {0};
     kv_buf key = KV_BUF_INIT;
+    int rc = 0;
     for (size_t i = 0; rc == 0 && i < w->ids.cap; i++) {
         if (!w->ids.used[i]) continue;
         fs_id id;
         memcpy(id.b, w->ids.k[i], FS_ID_LEN);
         rc = fs_key_inode(w->fs->o.volume, &id, &key);
-        if (rc == 0) rc = read_note(w, kv_buf_slice(&key));
+        if (rc == 0) rc = keyv_add(&inodes, kv_buf_slice(&key), false);
     }
-    for (size_t i = 0; rc == 0 && i < w->shards.n; i++)
-        rc = read_note(w, kv_slice_str(w->shards.k[i]));
+    if (rc == 0) rc = read_notes(w, inodes.k, inodes.n);
+    if (rc == 0) rc = read_notes(w, w->shards.k, w->shards.n);
+    keyv_free(&inodes);
     kv_buf_release(&key);
     return rc;
 }
@@ -397,8 +419,7 @@ static int run(sweep *w, rep_client *c) {
     w->keyset.n = 0;
     if (rc == 0) rc = scan_members(w, c, &w->prefix_i, on_inode);
     if (rc == 0) rc = scan_members(w, c, &w->prefix_s, on_shard);
-    for (size_t i = 0; rc == 0 && i < w->again.n; i++)
-        rc = read_note(w, kv_slice_str(w->again.k[i]));
+    if (rc == 0) rc = read_notes(w, w->again.k, w->again.n);
     if (rc == 0) rc = scan_members(w, c, &w->prefix_c, on_chunk);
     return rc;
 }
