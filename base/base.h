@@ -237,6 +237,7 @@ void kv_logf(kv_log_level lvl, const char *mod, const char *fmt, ...)
  */
 uint64_t kv_now_ns(void);  /* CLOCK_MONOTONIC */
 uint64_t kv_wall_us(void); /* CLOCK_REALTIME, microseconds since the epoch */
+int64_t kv_wall_ns(void);  /* CLOCK_REALTIME, nanoseconds since the epoch */
 
 #define KV_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define KV_MAX(a, b) ((a) > (b) ? (a) : (b))

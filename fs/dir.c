@@ -20,12 +20,6 @@
 #define FS_DIR_TIME_LAG_NS 1000000000ll
 #define FS_RIVALS_MAX 64 /* entries of one name an add keeps */
 
-static int64_t wall_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 void fs__dview_init(fs_dview *v, const fs_id *id) {
     memset(v, 0, sizeof *v);
     v->id = *id;
@@ -230,7 +224,7 @@ const fs_inode *fs__dview_entries(fs_dview *v) {
 }
 
 /* Remove name's entries of id from every object of v; mark them. */
-static size_t remove_all(fs_dview *v, const char *name, const fs_id *id) {
+size_t fs__dview_remove(fs_dview *v, const char *name, const fs_id *id) {
     size_t gone = 0;
     for (size_t i = 0; i < v->n; i++) {
         size_t k = fs_dir_remove(&v->sh[i].obj.ino, name, id);
@@ -239,10 +233,6 @@ static size_t remove_all(fs_dview *v, const char *name, const fs_id *id) {
     }
     if (gone) all_drop(v);
     return gone;
-}
-
-size_t fs__dview_remove(fs_dview *v, const char *name, const fs_id *id) {
-    return remove_all(v, name, id);
 }
 
 /* ---- actors ----
@@ -412,7 +402,7 @@ int fs__dview_put(qfs_fs *fs, fs_dview *v, bool sync) {
         if (v->sh[i].level == 0) top = &v->sh[i];
     }
     if (!any) return 0;
-    int64_t now = wall_now();
+    int64_t now = kv_wall_ns();
     if (top &&
         (top->changed || now - top->obj.ino.mtime_ns >= FS_DIR_TIME_LAG_NS ||
          now < top->obj.ino.mtime_ns)) {

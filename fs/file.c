@@ -13,12 +13,6 @@
 #include <errno.h>
 #include <string.h>
 
-static int64_t wall_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static fs_dchunk *dchunk_find(fs_file *f, uint64_t index) {
     for (fs_dchunk *d = f->dchunks; d; d = d->next)
         if (d->index == index) return d;
@@ -185,7 +179,7 @@ int fs__file_write(qfs_fs *fs, fs_file *f, uint64_t off, const void *buf,
         }
     }
     if (end > ino->size) ino->size = end;
-    ino->mtime_ns = ino->ctime_ns = wall_ns();
+    ino->mtime_ns = ino->ctime_ns = kv_wall_ns();
     f->dirty = true;
     /* Bound the memory of a long write: store the full chunks; if that
      * is not enough (writes scattered over many chunks), the partial ones
@@ -271,9 +265,20 @@ int fs__file_truncate(qfs_fs *fs, fs_file *f, uint64_t size) {
         if (f->have_cached && f->cached_index >= last) f->have_cached = false;
     }
     ino->size = size;
-    ino->mtime_ns = ino->ctime_ns = wall_ns();
+    ino->mtime_ns = ino->ctime_ns = kv_wall_ns();
     f->dirty = true;
     return 0;
+}
+
+/* fs__chunk_keep for a chunk a version is about to refer to: one a sweep
+ * took is damage (EIO, logged with when), not a missing file. */
+static int keep_chunk(qfs_fs *fs, const fs_chunk *c, const char *when) {
+    int rc = fs__chunk_keep(fs, c);
+    if (rc == KV_ENOTFOUND) {
+        kv_error(FS_MOD, "a chunk of a file was reclaimed %s", when);
+        rc = KV_ECORRUPT;
+    }
+    return rc;
 }
 
 /* The chunks this file's manifest took from the version it read are
@@ -291,14 +296,9 @@ static int keep_if_overtaken(qfs_fs *fs, const fs_id *id, fs_file *f) {
                 (cur.ver == f->put_ver || cur.ver == f->obj.ver);
     if (rc == KV_ENOTFOUND) rc = 0;
     fs__obj_release(&cur);
-    for (size_t i = 0; rc == 0 && !ours && i < ino->nchunks; i++) {
-        rc = fs__chunk_keep(fs, &ino->chunks[i]);
-        if (rc == KV_ENOTFOUND) {
-            kv_error(FS_MOD, "a chunk this version refers to was reclaimed "
-                             "after another mount rewrote the file");
-            rc = KV_ECORRUPT;
-        }
-    }
+    for (size_t i = 0; rc == 0 && !ours && i < ino->nchunks; i++)
+        rc = keep_chunk(fs, &ino->chunks[i],
+                        "after another mount rewrote the file");
     return rc;
 }
 
@@ -317,20 +317,15 @@ int fs__file_writeback(qfs_fs *fs, const fs_id *id, fs_file *f, bool sync) {
      * pointing at nothing. */
     if ((rc = keep_if_overtaken(fs, id, f))) return rc;
     if (f->npending > 0 &&
-        wall_ns() - f->pending_oldest_ns >= fs__grace_half_ns(fs)) {
+        kv_wall_ns() - f->pending_oldest_ns >= fs__grace_half_ns(fs)) {
         for (size_t i = 0; rc == 0 && i < f->npending; i++) {
             const fs_chunk *m = fs_file_chunk(&f->obj.ino, f->pending[i].index);
             if (!m || memcmp(m->hash, f->pending[i].hash, FS_HASH_LEN))
                 continue; /* replaced since: not referred to */
-            rc = fs__chunk_refresh(fs, &f->pending[i]);
-            if (rc == KV_ENOTFOUND) {
-                kv_error(FS_MOD, "a chunk of this file was reclaimed before "
-                                 "its inode was written");
-                rc = KV_ECORRUPT;
-            }
+            rc = keep_chunk(fs, m, "before its inode was written");
         }
         if (rc) return rc;
-        f->pending_oldest_ns = wall_ns();
+        f->pending_oldest_ns = kv_wall_ns();
     }
     if (f->ctx_stale) {
         /* Our last put made a version our context does not cover. Take

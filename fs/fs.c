@@ -37,12 +37,6 @@ static fs_node *node_of(fuse_req_t req, fuse_ino_t ino) {
     return nd;
 }
 
-static int64_t wall_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static mode_t type_bits(uint8_t t) {
     return t == FS_DIR ? S_IFDIR : t == FS_SYMLINK ? S_IFLNK : S_IFREG;
 }
@@ -497,7 +491,7 @@ static void file_unload(fs_node *nd) {
 }
 
 static void apply_attrs(fs_inode *ino, const struct stat *attr, int to_set) {
-    int64_t now = wall_ns();
+    int64_t now = kv_wall_ns();
     if (to_set & FUSE_SET_ATTR_MODE) ino->mode = attr->st_mode & 07777;
     if (to_set & FUSE_SET_ATTR_UID) ino->uid = attr->st_uid;
     if (to_set & FUSE_SET_ATTR_GID) ino->gid = attr->st_gid;
@@ -583,12 +577,19 @@ static void unlock_two(fs_node *a, fs_node *b) {
     if (a != b) pthread_mutex_unlock(&b->lock);
 }
 
-/* Whether directory v->id is empty, reading all its objects into v. A
- * directory already deleted counts as empty (its name dangles). */
-static int dir_empty(qfs_fs *fs, fs_dview *v) {
+/* rmdir's half, and a rename's over a directory: if directory id is
+ * empty (read into v), mark it removed, before its name goes: a mount
+ * still holding it (a cwd, a cached name) can then add nothing to it,
+ * which would go with it. -ENOTEMPTY otherwise. A directory already
+ * deleted counts as empty (its name dangles). */
+static int remove_empty_dir(qfs_fs *fs, fs_dview *v, const fs_id *id) {
+    v->id = *id;
     int rc = fs__dview_all(fs, v);
     if (rc == 0 && fs__dview_count(v) > 0) rc = -ENOTEMPTY;
-    return rc == KV_ENOTFOUND ? 0 : rc;
+    if (rc == KV_ENOTFOUND) rc = 0;
+    if (rc == 0) rc = fs__dview_remove_dir(fs, v);
+    if (rc == 0) recent_forget(fs, id);
+    return rc;
 }
 
 /* Errors of name operations: plain errnos pass, store errors map. */
@@ -613,7 +614,7 @@ static void make_object(fuse_req_t req, fuse_ino_t parent, const char *name,
     const struct fuse_ctx *cx = fuse_req_ctx(req);
     fs_inode ino;
     fs_inode_init(&ino, (fs_type)t);
-    int64_t now = wall_ns();
+    int64_t now = kv_wall_ns();
     ino.mode = t == FS_SYMLINK ? 0777 : (mode & 07777 & ~cx->umask);
     ino.uid = cx->uid;
     ino.gid = cx->gid;
@@ -830,14 +831,7 @@ static void remove_name(fuse_req_t req, fuse_ino_t parent, const char *name,
         fuse_reply_err(req, rc ? name_err(fs, rc, "remove", &cid) : 0);
         return;
     }
-    if (rc == 0 && rmdir) {
-        child.id = cid;
-        rc = dir_empty(fs, &child);
-        /* Removed first, then unnamed: a mount still holding it (a cwd,
-         * a cached name) can add nothing to it, which would go with it. */
-        if (rc == 0) rc = fs__dview_remove_dir(fs, &child);
-        if (rc == 0) recent_forget(fs, &cid);
-    }
+    if (rc == 0 && rmdir) rc = remove_empty_dir(fs, &child, &cid);
     if (rc == 0) {
         /* Remove exactly the entry shown under this name. */
         char ename[FS_NAME_MAX + 1];
@@ -921,12 +915,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
                 rc = -EISDIR;
             else if (te.type != FS_DIR && stype == FS_DIR)
                 rc = -ENOTDIR;
-            else if (te.type == FS_DIR) {
-                victim.id = vid;
-                rc = dir_empty(fs, &victim);
-                if (rc == 0) rc = fs__dview_remove_dir(fs, &victim);
-                if (rc == 0) recent_forget(fs, &vid);
-            }
+            else if (te.type == FS_DIR)
+                rc = remove_empty_dir(fs, &victim, &vid);
             replaced = rc == 0;
         }
     }
@@ -1234,7 +1224,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
         rc = fs__file_write(fs, nd->file, at, buf, size);
         /* Chunks stored for a long write get their inode written now and
          * then, so a sweep sees them referred to (sweep.c). */
-        if (rc == 0 && fs__file_due(fs, nd->file, wall_ns()))
+        if (rc == 0 && fs__file_due(fs, nd->file, kv_wall_ns()))
             rc = fs__file_writeback(fs, &nd->id, nd->file, false);
         fs__pending_note(nd);
     }
@@ -1445,7 +1435,7 @@ static int xattr_change(qfs_fs *fs, fs_node *nd, const char *name,
         ino->nxattrs--;
     }
     if (rc == 0) {
-        ino->ctime_ns = wall_ns();
+        ino->ctime_ns = kv_wall_ns();
         if (nd->type == FS_FILE) {
             nd->file->dirty = true;
             rc = fs__file_writeback(fs, &nd->id, nd->file, false);
@@ -1658,7 +1648,7 @@ int qfs_fs_open(const qfs_fs_opts *o, qfs_fs **out) {
         ino.mode = 0755;
         ino.uid = getuid();
         ino.gid = getgid();
-        ino.atime_ns = ino.mtime_ns = ino.ctime_ns = wall_ns();
+        ino.atime_ns = ino.mtime_ns = ino.ctime_ns = kv_wall_ns();
         rc = fs__obj_put(fs, &root, &ino, kv_slice_make(NULL, 0), true, NULL);
         fs_inode_release(&ino);
     } else if (rc == 0 && r.ino.type != FS_DIR) {

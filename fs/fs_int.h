@@ -198,11 +198,9 @@ int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out);
  * later fsync could not sync it; a 1 MiB chunk pays little for its
  * fsync. */
 int fs__chunk_put(qfs_fs *fs, kv_slice bytes, fs_chunk *c, int64_t *stored_ns);
-/* Write chunk c again (read, checked, stored: a fresh write time).
+/* Write chunk c again (read, checked, stored: a fresh write time) if its
+ * last write is older than half the sweep's grace (one read otherwise).
  * KV_ENOTFOUND if it is gone. */
-int fs__chunk_refresh(qfs_fs *fs, const fs_chunk *c);
-/* The same only if its last write is older than half the sweep's grace
- * (one read otherwise). */
 int fs__chunk_keep(qfs_fs *fs, const fs_chunk *c);
 /* Half the sweep's grace, and how old a pending chunk may get before its
  * file is written back (nanoseconds). */
@@ -225,8 +223,6 @@ void fs__id_hex(const fs_id *id, char out[2 * FS_ID_LEN + 1]);
 /* sweep.c */
 int fs__bg_start(qfs_fs *fs);
 void fs__bg_stop(qfs_fs *fs);
-/* One sweep now (the background thread's; tests). */
-int fs__sweep(qfs_fs *fs);
 /* The text of user.quorumfs.sweep. */
 int fs__sweep_text(qfs_fs *fs, kv_buf *out);
 /* Set nd->has_pending from its file (nd->lock held). */

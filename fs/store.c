@@ -372,12 +372,6 @@ int fs__chunk_get(qfs_fs *fs, const fs_chunk *c, kv_buf *out) {
     return rc;
 }
 
-static int64_t wall_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int64_t fs__grace_half_ns(const qfs_fs *fs) {
     return (int64_t)(fs->o.sweep_grace_s * 1e9 / 2);
 }
@@ -425,10 +419,6 @@ static int chunk_obj_read(qfs_fs *fs, kv_slice key,
     return rc;
 }
 
-/* Store bytes under c's key: skipped when a good copy was written within
- * half the grace (force: never), else written with the context of what
- * is there (superseding it: an old copy, a damaged one, a sweep's
- * tombstone). */
 /* The newest live sibling of o that is chunk c (its hash and length
  * checked) into *best: its write time, or -1 when there is none. */
 static int64_t good_copy(const chunk_obj *o, const fs_chunk *c,
@@ -449,27 +439,26 @@ static int64_t good_copy(const chunk_obj *o, const fs_chunk *c,
     return good;
 }
 
-static int chunk_store(qfs_fs *fs, kv_slice bytes, const fs_chunk *c,
-                       bool force, int64_t *stored_ns) {
+/* Store bytes under c's key: skipped when a good copy was written within
+ * half the grace, else written with the context of what
+ * is there (superseding it: an old copy, a damaged one, a sweep's
+ * tombstone). */
+int fs__chunk_put(qfs_fs *fs, kv_slice bytes, fs_chunk *c, int64_t *stored_ns) {
+    fs_chunk_hash(bytes, c->hash);
+    c->len = (uint32_t)bytes.len;
     chunk_obj o;
     dvv_sibling best;
     int rc = chunk_obj_read(fs, kv_slice_make(NULL, 0), c->hash, &o);
     int64_t good = rc == 0 ? good_copy(&o, c, &best) : -1;
-    if (rc == 0 && !force && good >= wall_now_ns() - fs__grace_half_ns(fs)) {
+    if (rc == 0 && good >= kv_wall_ns() - fs__grace_half_ns(fs)) {
         *stored_ns = good;
     } else if (rc == 0) {
-        *stored_ns = wall_now_ns();
+        *stored_ns = kv_wall_ns();
         rc = call(fs, OP_PUT, kv_buf_slice(&o.key), kv_buf_slice(&o.ctx), bytes,
                   true, NULL); /* see fs__chunk_put's comment */
     }
     chunk_obj_release(&o);
     return rc;
-}
-
-int fs__chunk_put(qfs_fs *fs, kv_slice bytes, fs_chunk *c, int64_t *stored_ns) {
-    fs_chunk_hash(bytes, c->hash);
-    c->len = (uint32_t)bytes.len;
-    return chunk_store(fs, bytes, c, false, stored_ns);
 }
 
 int fs__chunk_keep(qfs_fs *fs, const fs_chunk *c) {
@@ -478,19 +467,10 @@ int fs__chunk_keep(qfs_fs *fs, const fs_chunk *c) {
     int rc = chunk_obj_read(fs, kv_slice_make(NULL, 0), c->hash, &o);
     int64_t good = rc == 0 ? good_copy(&o, c, &best) : -1;
     if (rc == 0 && good < 0) rc = KV_ENOTFOUND;
-    if (rc == 0 && good < wall_now_ns() - fs__grace_half_ns(fs))
+    if (rc == 0 && good < kv_wall_ns() - fs__grace_half_ns(fs))
         rc = call(fs, OP_PUT, kv_buf_slice(&o.key), kv_buf_slice(&o.ctx),
                   best.value.bytes, true, NULL);
     chunk_obj_release(&o);
-    return rc;
-}
-
-int fs__chunk_refresh(qfs_fs *fs, const fs_chunk *c) {
-    kv_buf bytes = KV_BUF_INIT;
-    int64_t at;
-    int rc = fs__chunk_get(fs, c, &bytes);
-    if (rc == 0) rc = chunk_store(fs, kv_buf_slice(&bytes), c, true, &at);
-    kv_buf_release(&bytes);
     return rc;
 }
 

@@ -54,12 +54,6 @@
 #include <string.h>
 #include <time.h>
 
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static bool stopping(qfs_fs *fs) {
     return __atomic_load_n(&fs->bg_stop, __ATOMIC_RELAXED);
 }
@@ -259,7 +253,7 @@ static int on_chunk(void *arg, const rep_scan_item *it) {
 /* A long sweep must not hold up the write-backs that keep writers'
  * stored chunks referred to (rule 1): do them between its steps. */
 static void tick(sweep *w) {
-    int64_t now = now_ns();
+    int64_t now = kv_wall_ns();
     if (now - w->last_tick_ns < fs__pending_age_ns(w->fs) / 2) return;
     w->last_tick_ns = now;
     write_back_due(w->fs);
@@ -499,12 +493,13 @@ static int reclaim(sweep *w, uint64_t *chunks, uint64_t *inodes) {
     return rc;
 }
 
-int fs__sweep(qfs_fs *fs) {
+/* One sweep (the background thread's). */
+static int sweep_once(qfs_fs *fs) {
     sweep w = {.fs = fs};
     kv_buf_init(&w.prefix_i);
     kv_buf_init(&w.prefix_c);
     kv_buf_init(&w.prefix_s);
-    w.t0_ns = now_ns();
+    w.t0_ns = kv_wall_ns();
     w.cutoff_ns = w.t0_ns - (int64_t)(fs->o.sweep_grace_s * 1e9);
     int rc = fs__with_client(fs, with_client, &w);
     uint64_t chunks = 0, inodes = 0;
@@ -570,7 +565,7 @@ int fs__sweep_text(qfs_fs *fs, kv_buf *out) {
 static void write_back_due(qfs_fs *fs) {
     fs_node *nds[256];
     size_t n = fs__nodes_pending(fs, nds, 256);
-    int64_t now = now_ns();
+    int64_t now = kv_wall_ns();
     for (size_t i = 0; i < n; i++) {
         fs_node *nd = nds[i];
         pthread_mutex_lock(&nd->lock);
@@ -589,7 +584,7 @@ static void *bg_main(void *arg) {
     pthread_setname_np(pthread_self(), "qfs-sweep");
     int64_t tick = KV_MAX(fs__pending_age_ns(fs) / 2, (int64_t)50000000);
     int64_t next_sweep = fs->o.sweep_s > 0
-                             ? now_ns() + (int64_t)(fs->o.sweep_s * 1e9)
+                             ? kv_wall_ns() + (int64_t)(fs->o.sweep_s * 1e9)
                              : INT64_MAX;
     pthread_mutex_lock(&fs->bg_mu);
     while (!fs->bg_stop) {
@@ -602,9 +597,9 @@ static void *bg_main(void *arg) {
         if (fs->bg_stop) break;
         pthread_mutex_unlock(&fs->bg_mu);
         write_back_due(fs);
-        if (now_ns() >= next_sweep) {
-            fs__sweep(fs);
-            next_sweep = now_ns() + (int64_t)(fs->o.sweep_s * 1e9);
+        if (kv_wall_ns() >= next_sweep) {
+            sweep_once(fs);
+            next_sweep = kv_wall_ns() + (int64_t)(fs->o.sweep_s * 1e9);
         }
         pthread_mutex_lock(&fs->bg_mu);
     }

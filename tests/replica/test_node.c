@@ -417,38 +417,58 @@ Test(node, identity_survives_restarts_and_not_a_wipe) {
 typedef struct local_arg {
     int id;
     int ok;
+    bool direct; /* rep_node_connect_local, else rep_node_connect */
+    int n;       /* puts to make: "<prefix>/<id>/<i>" = "v<i>" */
+    const char *prefix;
 } local_arg;
 
 static void *local_writer(void *p) {
     local_arg *a = p;
     rep_client *c;
-    if (rep_node_connect(g_node, 5000, &c)) return NULL;
-    for (int i = 0; i < 50; i++) {
+    if ((a->direct ? rep_node_connect_local : rep_node_connect)(g_node, 5000,
+                                                                &c))
+        return NULL;
+    for (int i = 0; i < a->n; i++) {
         char key[32], val[32];
-        snprintf(key, sizeof key, "local/%d/%d", a->id, i);
+        snprintf(key, sizeof key, "%s/%d/%d", a->prefix, a->id, i);
         snprintf(val, sizeof val, "v%d", i);
-        if (rep_client_put(c, S(key), S(""), S(val), NULL) == 0) a->ok++;
+        if (rep_client_put(c, S(key), S(""), S(val),
+                           &(rep_opts){.nosync = a->direct && i % 2 == 0}) == 0)
+            a->ok++;
     }
     rep_client_close(c);
     return NULL;
+}
+
+/* Four writer threads of a kind, each its own client; joined. */
+static void run_writers(local_arg *args, bool direct, int n,
+                        const char *prefix) {
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (local_arg){i, 0, direct, n, prefix};
+        pthread_create(&t[i], NULL, local_writer, &args[i]);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+}
+
+/* The embedded mode's node: no listener, started. */
+static void start_embedded(void) {
+    rep_node_opts o;
+    rep_node_opts_init(&o);
+    o.data_dir = g_dir;
+    o.name = "embedded";
+    OK(rep_node_open(&o, &g_node));
+    OK(rep_node_start(g_node));
 }
 
 /* The embedded mode: a node with no listener, served in-process over
  * socketpairs to clients in several threads; everything written is read
  * back, and a client of a stopped node gets an error, not a hang. */
 Test(node, in_process_clients_without_tcp) {
-    rep_node_opts o;
-    rep_node_opts_init(&o);
-    o.data_dir = g_dir;
-    o.name = "embedded";
-    OK(rep_node_open(&o, &g_node));
+    start_embedded();
     cr_assert_str_eq(rep_node_address(g_node), "", "no listener");
-    OK(rep_node_start(g_node));
-    pthread_t t[4];
-    local_arg args[4] = {{0, 0}, {1, 0}, {2, 0}, {3, 0}};
-    for (int i = 0; i < 4; i++)
-        pthread_create(&t[i], NULL, local_writer, &args[i]);
-    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    local_arg args[4];
+    run_writers(args, false, 50, "local");
     rep_client *c;
     OK(rep_node_connect(g_node, 5000, &c));
     cr_assert_str_eq(rep_client_node(c), "embedded");
@@ -473,34 +493,13 @@ Test(node, in_process_clients_without_tcp) {
     rep_client_close(c);
 }
 
-static void *local_direct_writer(void *p) {
-    local_arg *a = p;
-    rep_client *c;
-    if (rep_node_connect_local(g_node, 5000, &c)) return NULL;
-    for (int i = 0; i < 200; i++) {
-        char key[32], val[32];
-        snprintf(key, sizeof key, "direct/%d/%d", a->id, i);
-        snprintf(val, sizeof val, "v%d", i);
-        if (rep_client_put(c, S(key), S(""), S(val),
-                           &(rep_opts){.nosync = i % 2 == 0}) == 0)
-            a->ok++;
-    }
-    rep_client_close(c);
-    return NULL;
-}
-
 /* The embedded mount's client: gets and puts on the caller's thread,
  * answering as the node's coordinator does (what one writes the other
  * reads, contexts as in put_returns_a_context_only_the_writer_has_seen,
  * the same refusals); deletes go through the loop; a node that listens
  * refuses it; a stopped node gives an error. */
 Test(node, local_clients_answer_as_the_coordinator_does) {
-    rep_node_opts o;
-    rep_node_opts_init(&o);
-    o.data_dir = g_dir;
-    o.name = "embedded";
-    OK(rep_node_open(&o, &g_node));
-    OK(rep_node_start(g_node));
+    start_embedded();
     rep_client *l, *w;
     OK(rep_node_connect_local(g_node, 5000, &l));
     OK(rep_node_connect(g_node, 5000, &w));
@@ -550,11 +549,8 @@ Test(node, local_clients_answer_as_the_coordinator_does) {
     }
 
     /* Threads, each with its own local client, group-committing. */
-    pthread_t t[4];
-    local_arg args[4] = {{0, 0}, {1, 0}, {2, 0}, {3, 0}};
-    for (int i = 0; i < 4; i++)
-        pthread_create(&t[i], NULL, local_direct_writer, &args[i]);
-    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    local_arg args[4];
+    run_writers(args, true, 200, "direct");
     for (int i = 0; i < 4; i++) {
         cr_assert_eq(args[i].ok, 200, "writer %d: %d of 200", i, args[i].ok);
         for (int k = 0; k < 200; k += 13) {
